@@ -1,0 +1,109 @@
+"""The REST routes, read from the services' google.api.http annotations.
+
+Adding an annotated RPC to a .proto adds its route: the gateway holds no code
+per endpoint. Path templates may use simple `{field}` variables only.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from types import ModuleType
+
+from google.api import annotations_pb2, http_pb2
+from google.protobuf import message_factory
+from google.protobuf.descriptor import Descriptor, MethodDescriptor
+from google.protobuf.message import Message
+from instantorders.v2 import (
+    auth_pb2,
+    balances_pb2,
+    catalog_pb2,
+    exchange_rates_pb2,
+    options_pb2,
+    orders_pb2,
+)
+
+#: The modules whose services the gateway exposes.
+API_MODULES: tuple[ModuleType, ...] = (
+    orders_pb2,
+    catalog_pb2,
+    balances_pb2,
+    exchange_rates_pb2,
+    auth_pb2,
+)
+
+_VARIABLE = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
+_HTTP_METHODS = ("get", "put", "post", "delete", "patch")
+
+
+@dataclass(frozen=True)
+class Route:
+    http_method: str  # "GET", "POST", ...
+    path: str  # "/v2/orders/{transactionId}": variables by JSON name, as aiohttp and OpenAPI
+    path_fields: tuple[str, ...]  # the fields the path sets, by proto name
+    body: str  # "*": the whole request message comes from the JSON body; "": none
+    response_body: str  # "": the whole response message is `data`
+    rpc: MethodDescriptor
+    request_type: type[Message]
+    response_type: type[Message]
+
+    @property
+    def rpc_path(self) -> str:
+        """The gRPC method path: "/instantorders.v2.OrdersService/GetOrder"."""
+        return f"/{self.rpc.containing_service.full_name}/{self.rpc.name}"
+
+    @property
+    def oauth2_token_response(self) -> bool:
+        options = self.rpc.GetOptions()
+        return bool(options.Extensions[options_pb2.oauth2_token_response])
+
+    @property
+    def request_message(self) -> Descriptor:
+        return self.rpc.input_type
+
+    def query_fields(self) -> list[str]:
+        """Request fields taken from the query string: those neither in path nor body."""
+        if self.body == "*":
+            return []
+        return [f.name for f in self.request_message.fields if f.name not in self.path_fields]
+
+
+def load_routes(modules: tuple[ModuleType, ...] = API_MODULES) -> list[Route]:
+    routes = []
+    for module in modules:
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                options = method.GetOptions()
+                if options.HasExtension(annotations_pb2.http):
+                    rule = options.Extensions[annotations_pb2.http]
+                    for binding in (rule, *rule.additional_bindings):
+                        routes.append(_route(method, binding))
+    return routes
+
+
+def _route(method: MethodDescriptor, rule: http_pb2.HttpRule) -> Route:
+    verb = rule.WhichOneof("pattern")
+    if verb not in _HTTP_METHODS:
+        raise ValueError(f"{method.full_name}: unsupported HTTP pattern {verb!r}")
+    path = getattr(rule, verb)
+    path_fields = tuple(_VARIABLE.findall(path))
+    if _VARIABLE.sub("", path).count("{"):
+        raise ValueError(f"{method.full_name}: only {{field}} path variables are supported")
+    if method.client_streaming or method.server_streaming:
+        raise ValueError(f"{method.full_name}: streaming RPCs have no REST route yet")
+    for name in path_fields:
+        if name not in method.input_type.fields_by_name:
+            raise ValueError(f"{method.full_name}: path names unknown field {name!r}")
+    if rule.body not in ("", "*"):
+        raise ValueError(f"{method.full_name}: body must be '*' or empty")
+    json_names = {f.name: f.json_name for f in method.input_type.fields}
+    return Route(
+        http_method=verb.upper(),
+        path=_VARIABLE.sub(lambda match: "{" + json_names[match[1]] + "}", path),
+        path_fields=path_fields,
+        body=rule.body,
+        response_body=rule.response_body,
+        rpc=method,
+        request_type=message_factory.GetMessageClass(method.input_type),
+        response_type=message_factory.GetMessageClass(method.output_type),
+    )

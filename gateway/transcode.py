@@ -1,0 +1,160 @@
+"""HTTP requests to protobuf messages and protobuf messages to JSON, per proto3 JSON.
+
+Strict on input: an unknown field or query parameter, a wrong type, a
+duplicated key or parameter is a 400, never silently ignored (a typo like
+`payWithCurency` must not settle an order in another currency).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from functools import cache
+from typing import Any, cast
+
+from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+from instantorders.v2 import options_pb2
+from multidict import MultiMapping
+
+from gateway.errors import GatewayError
+from gateway.routes import Route
+
+
+def request_message(
+    route: Route,
+    path_params: Mapping[str, str],
+    query: MultiMapping[str],
+    body: dict[str, Any] | None,
+) -> Message:
+    """The RPC's request from the route's path variables, query string and body."""
+    fields: dict[str, Any] = dict(body or {})
+    if route.body != "*" and body:
+        raise GatewayError(400, "This route takes no request body.")
+    fields.update(_query_fields(route, query))
+    for name in route.path_fields:
+        json_name = route.request_message.fields_by_name[name].json_name
+        fields[json_name] = path_params[json_name]
+    message = route.request_type()
+    try:
+        json_format.ParseDict(fields, message, ignore_unknown_fields=False)
+    except json_format.ParseError as error:
+        raise GatewayError(400, f"Invalid request: {_short(error)}") from None
+    return message
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """A JSON object body; duplicate keys, NaN and Infinity are errors."""
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw, object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise GatewayError(400, "The body is not valid JSON.") from None
+    if not isinstance(value, dict):
+        raise GatewayError(400, "The body must be a JSON object.")
+    return value
+
+
+def form_fields(form: MultiMapping[Any]) -> dict[str, str]:
+    """An application/x-www-form-urlencoded body; each parameter at most once (RFC 6749)."""
+    fields = {}
+    for key in form:
+        values = form.getall(key)
+        if len(values) != 1 or not isinstance(values[0], str):
+            raise GatewayError(400, f"Parameter {key!r} must be given once.")
+        fields[key] = values[0]
+    return fields
+
+
+def response_json(route: Route, message: Message) -> Any:
+    """The JSON of `data`: the response, or its `response_body` field."""
+    document = json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
+    _drop_empty_omittable(cast(Descriptor, message.DESCRIPTOR), document)
+    if route.response_body:
+        return document[message.DESCRIPTOR.fields_by_name[route.response_body].json_name]
+    return document
+
+
+def _query_fields(route: Route, query: MultiMapping[str]) -> dict[str, Any]:
+    by_json_name = {
+        field.json_name: field
+        for field in route.request_message.fields
+        if field.name in route.query_fields()
+    }
+    fields: dict[str, Any] = {}
+    for key in set(query.keys()):
+        field = by_json_name.get(key)
+        if field is None:
+            raise GatewayError(400, f"Unknown query parameter {key!r}.", parameter=key)
+        values = query.getall(key)
+        if _is_repeated(field):
+            fields[key] = [item for value in values for item in value.split(",") if item]
+        elif len(values) > 1:
+            raise GatewayError(400, f"Query parameter {key!r} is given more than once.")
+        else:
+            fields[key] = values[0]
+    return fields
+
+
+def _is_repeated(field: FieldDescriptor) -> bool:
+    return field.is_repeated
+
+
+@cache
+def _omittable_plan(
+    descriptor: Descriptor,
+) -> tuple[tuple[str, ...], tuple[tuple[FieldDescriptor, Descriptor], ...]]:
+    """(JSON names to drop when empty, message fields that contain such names)."""
+    omit = tuple(
+        f.json_name
+        for f in descriptor.fields
+        if f.GetOptions().Extensions[options_pb2.omit_when_empty]
+    )
+    nested = tuple(
+        (f, f.message_type)
+        for f in descriptor.fields
+        if f.message_type is not None and _has_omittable(f.message_type, frozenset())
+    )
+    return omit, nested
+
+
+def _has_omittable(descriptor: Descriptor, seen: frozenset[str]) -> bool:
+    if descriptor.full_name in seen:
+        return False
+    seen = seen | {descriptor.full_name}
+    return any(
+        f.GetOptions().Extensions[options_pb2.omit_when_empty]
+        or (f.message_type is not None and _has_omittable(f.message_type, seen))
+        for f in descriptor.fields
+    )
+
+
+def _drop_empty_omittable(descriptor: Descriptor, document: dict[str, Any]) -> None:
+    omit, nested = _omittable_plan(descriptor)
+    for name in omit:
+        if document.get(name) == []:
+            del document[name]
+    for field, message_type in nested:
+        value = document.get(field.json_name)
+        children = value if isinstance(value, list) else [value]
+        for child in children:
+            if isinstance(child, dict):
+                _drop_empty_omittable(message_type, child)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        raise ValueError("duplicate key")
+    return document
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _short(error: Exception) -> str:
+    text = str(error)
+    return text if len(text) <= 300 else text[:300] + "..."

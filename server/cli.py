@@ -1,0 +1,208 @@
+"""The `instant-orders` command: serve, server, gateway, admin and demo.
+
+Every serving option can also come from an environment variable (see
+server.settings.ENVIRONMENT); a flag wins over the variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from server import demo
+from server.domain import admin
+from server.domain.ports import DataConflict
+from server.domain.service import utc_now
+from server.runtime import serve
+from server.settings import ENVIRONMENT, Settings
+from server.store.sqlite import SchemaTooNew, SqliteStore
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = _settings(args)
+    except ValueError as error:
+        parser.error(str(error))
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        result: int = args.run(args, settings)
+    except (admin.InvalidInput, DataConflict, SchemaTooNew, OSError) as error:
+        print(f"instant-orders: {error}", file=sys.stderr)
+        return 1
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="instant-orders", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    both = commands.add_parser("serve", help="run the gRPC server and the REST gateway")
+    _serving_options(both, "database", "grpc_listen", "http_listen")
+    both.set_defaults(run=lambda args, s: _serve(s, grpc=True, gateway=True))
+
+    grpc_only = commands.add_parser("server", help="run the gRPC server alone")
+    _serving_options(grpc_only, "database", "grpc_listen")
+    grpc_only.set_defaults(run=lambda args, s: _serve(s, grpc=True, gateway=False))
+
+    gateway = commands.add_parser("gateway", help="run the REST gateway alone")
+    _serving_options(gateway, "upstream", "http_listen")
+    gateway.set_defaults(run=lambda args, s: _serve(s, grpc=False, gateway=True))
+
+    demo_command = commands.add_parser(
+        "demo", help="serve a fresh demo database and print a curl session to try it"
+    )
+    _serving_options(demo_command, "grpc_listen", "http_listen")
+    demo_command.add_argument("--database", default="demo.db", help="recreated on every start")
+    demo_command.set_defaults(run=lambda args, s: demo.run(s))
+
+    _admin_commands(commands)
+    return parser
+
+
+def _serving_options(parser: argparse.ArgumentParser, *names: str) -> None:
+    helps = {
+        "database": "SQLite database file",
+        "grpc_listen": "HOST:PORT of the gRPC server",
+        "http_listen": "HOST:PORT of the REST gateway",
+        "upstream": "HOST:PORT of the gRPC server the gateway calls",
+    }
+    for name in names:
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            help=f"{helps[name]} (env {ENVIRONMENT[name]})",
+        )
+
+
+def _admin_commands(commands: Any) -> None:
+    parser = commands.add_parser("admin", help="change the data: load, add-codes, top-up, set-rate")
+    parser.add_argument("--database", help=f"SQLite database file (env {ENVIRONMENT['database']})")
+    actions = parser.add_subparsers(required=True, metavar="ACTION")
+
+    load = actions.add_parser("load", help="add accounts, products, codes and rates from JSON")
+    load.add_argument("file", type=Path)
+    load.set_defaults(run=lambda args, s: _admin(s, _load(args.file)))
+
+    codes = actions.add_parser("add-codes", help="add codes of one SKU from a CSV file")
+    codes.add_argument("--sku", required=True)
+    codes.add_argument(
+        "--file", type=Path, required=True, help="CSV with header redeemCode,pinCode"
+    )
+    codes.set_defaults(run=lambda args, s: _admin(s, _add_codes(args.sku, args.file)))
+
+    top_up = actions.add_parser("top-up", help="credit an account's balance")
+    top_up.add_argument("--account", type=int, required=True, help="account id")
+    top_up.add_argument("--currency", required=True)
+    top_up.add_argument("--amount", required=True, help='decimal, e.g. "250.00"')
+    top_up.set_defaults(
+        run=lambda args, s: _admin(s, _top_up(args.account, args.currency, args.amount))
+    )
+
+    rate = actions.add_parser("set-rate", help="set the exchange rate of a currency pair")
+    rate.add_argument("--pair", required=True, help="BASE/QUOTE, e.g. EUR/USD")
+    rate.add_argument("--rate", required=True, help='one BASE in QUOTE, e.g. "1.1829"')
+    rate.add_argument("--as-of", help="the date the rate took effect (default: today)")
+    rate.set_defaults(run=lambda args, s: _admin(s, _set_rate(args.pair, args.rate, args.as_of)))
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """Flags first, then environment variables, then the defaults."""
+    defaults = Settings()
+    values: dict[str, Any] = {}
+    for field in fields(Settings):
+        flag = getattr(args, field.name, None)
+        value = flag if flag is not None else os.environ.get(ENVIRONMENT[field.name])
+        if value is not None:
+            values[field.name] = type(getattr(defaults, field.name))(value)
+    return Settings(**values)
+
+
+def _serve(settings: Settings, *, grpc: bool, gateway: bool) -> int:
+    asyncio.run(serve(settings, grpc=grpc, gateway=gateway))
+    return 0
+
+
+AdminAction = Callable[[SqliteStore], Awaitable[Any]]
+
+
+def _admin(settings: Settings, action: AdminAction) -> int:
+    async def run() -> Any:
+        store = await SqliteStore.open(settings.database)
+        try:
+            return await action(store)
+        finally:
+            await store.close()
+
+    print(json.dumps(asyncio.run(run())))
+    return 0
+
+
+def _load(path: Path) -> AdminAction:
+    try:
+        document = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise admin.InvalidInput(f"{path} is not valid JSON: {error}") from None
+
+    async def action(store: SqliteStore) -> Any:
+        created = await admin.load_dataset(store, document, utc_now())
+        return {
+            "accounts": [
+                {
+                    "name": account.name,
+                    "accountId": account.account_id,
+                    "apiKey": account.api_key,
+                    "apiSecret": account.api_secret,
+                }
+                for account in created
+            ]
+        }
+
+    return action
+
+
+def _add_codes(sku: str, path: Path) -> AdminAction:
+    codes = admin.parse_codes_csv(path.read_text(), sku)
+
+    async def action(store: SqliteStore) -> Any:
+        return {"added": await store.add_codes(codes, utc_now())}
+
+    return action
+
+
+def _top_up(account_id: int, currency: str, amount: str) -> AdminAction:
+    async def action(store: SqliteStore) -> Any:
+        balance = await store.top_up(account_id, admin.parse_money(amount, currency), utc_now())
+        return {"accountId": account_id, "balance": str(balance.amount), "currency": currency}
+
+    return action
+
+
+def _set_rate(pair: str, rate: str, as_of: str | None) -> AdminAction:
+    async def action(store: SqliteStore) -> Any:
+        exchange_rate = admin.parse_exchange_rate(pair, rate, as_of, utc_now())
+        await store.set_rate(exchange_rate)
+        return {
+            "pair": exchange_rate.pair,
+            "rate": str(exchange_rate.rate),
+            "asOfDate": exchange_rate.as_of,
+        }
+
+    return action
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""API keys, secrets and bearer tokens.
+
+Secrets are kept only as salted scrypt hashes. Tokens are JWTs (HS256) naming
+the API key and account they were issued to, so checking one costs no
+database read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import jwt
+
+from server.domain.errors import ApiError, Reason
+from server.domain.models import Caller
+
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
+
+
+def new_api_key() -> str:
+    return "ak_" + secrets.token_hex(16)
+
+
+def new_api_secret() -> str:
+    return "sk_" + secrets.token_urlsafe(32)
+
+
+def hash_secret(secret: str) -> str:
+    salt = secrets.token_bytes(16)
+    return f"scrypt${salt.hex()}${_scrypt(secret, salt).hex()}"
+
+
+def verify_secret(secret: str, stored_hash: str) -> bool:
+    """Compares in constant time; a malformed stored hash never matches."""
+    try:
+        scheme, salt_hex, digest_hex = stored_hash.split("$")
+        salt, digest = bytes.fromhex(salt_hex), bytes.fromhex(digest_hex)
+    except ValueError:
+        return False
+    return scheme == "scrypt" and hmac.compare_digest(_scrypt(secret, salt), digest)
+
+
+#: Compared against when the API key is unknown, so that a wrong key costs as
+#: long as a wrong secret and timing does not tell which was wrong.
+DUMMY_SECRET_HASH = f"scrypt${'00' * 16}${'00' * 32}"
+
+
+def _scrypt(secret: str, salt: bytes) -> bytes:
+    return hashlib.scrypt(
+        secret.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32
+    )
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    access_token: str
+    expires_in: int
+
+
+class TokenSigner:
+    def __init__(self, key: bytes, lifetime: timedelta) -> None:
+        self._key = key
+        self._lifetime = lifetime
+
+    def issue(self, caller: Caller, now: datetime) -> IssuedToken:
+        claims = {
+            "sub": caller.api_key,
+            "acc": caller.account_id,
+            "iat": int(now.timestamp()),
+            "exp": int((now + self._lifetime).timestamp()),
+        }
+        token = jwt.encode(claims, self._key, algorithm="HS256")
+        return IssuedToken(token, int(self._lifetime.total_seconds()))
+
+    def verify(self, api_key: str, authorization: str, now: datetime) -> Caller:
+        """The caller of a request bearing `authorization` for `api_key`.
+
+        Raises UNAUTHENTICATED unless the header is "Bearer <token>" with a
+        valid, unexpired token issued to that same API key.
+        """
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token or not api_key:
+            raise ApiError(Reason.UNAUTHENTICATED)
+        try:
+            claims = jwt.decode(
+                token.strip(),
+                self._key,
+                algorithms=["HS256"],
+                options={"require": ["sub", "acc", "iat", "exp"], "verify_exp": False},
+            )
+        except jwt.InvalidTokenError:
+            raise ApiError(Reason.UNAUTHENTICATED) from None
+        if claims["exp"] <= now.timestamp() or not hmac.compare_digest(
+            str(claims["sub"]).encode(), api_key.encode()
+        ):
+            raise ApiError(Reason.UNAUTHENTICATED)
+        return Caller(account_id=int(claims["acc"]), api_key=api_key)

@@ -1,0 +1,87 @@
+"""The error catalogue: every error the API can answer, transport-neutral.
+
+Each reason carries a canonical code, named as in google/rpc/code.proto, and a
+message template. The gRPC layer turns an ApiError into a google.rpc.Status
+with one ErrorInfo (reason, metadata); the gateway derives the HTTP status and
+JSON body from that. The reasons spelt in lower case are RFC 6749 section 5.2
+error codes of the token endpoint, which OAuth clients expect verbatim.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Code(enum.Enum):
+    """The canonical error codes of google.rpc.Code that this API uses."""
+
+    INVALID_ARGUMENT = 3
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    FAILED_PRECONDITION = 9
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    UNAUTHENTICATED = 16
+
+
+@dataclass(frozen=True)
+class ErrorSpec:
+    code: Code
+    template: str
+
+
+class Reason(enum.Enum):
+    INVALID_REQUEST = ErrorSpec(Code.INVALID_ARGUMENT, "{detail}")
+    UNAUTHENTICATED = ErrorSpec(
+        Code.UNAUTHENTICATED,
+        "Send the x-api-key header and Authorization: Bearer with an unexpired token of that key.",
+    )
+    PRODUCT_NOT_FOUND = ErrorSpec(Code.NOT_FOUND, "No product has SKU {sku}.")
+    ORDER_NOT_FOUND = ErrorSpec(Code.NOT_FOUND, "No order has transactionId {transactionId}.")
+    INSTANT_DELIVERY_NOT_SUPPORTED = ErrorSpec(
+        Code.FAILED_PRECONDITION, "Product {sku} cannot be ordered for instant delivery."
+    )
+    UNSUPPORTED_CURRENCY = ErrorSpec(
+        Code.FAILED_PRECONDITION, "payWithCurrency is required or not supported for this account."
+    )
+    INSUFFICIENT_BALANCE = ErrorSpec(
+        Code.FAILED_PRECONDITION,
+        "The {currency} balance does not cover the order total of {requiredAmount} {currency}.",
+    )
+    CLIENT_ORDER_NUMBER_DUPLICATE = ErrorSpec(
+        Code.ALREADY_EXISTS,
+        "An order with clientOrderNumber {clientOrderNumber} exists already: {transactionId}.",
+    )
+    INTERNAL = ErrorSpec(Code.INTERNAL, "Internal error. Quote the requestId when you report it.")
+    invalid_request = ErrorSpec(Code.INVALID_ARGUMENT, "{detail}")
+    invalid_client = ErrorSpec(Code.UNAUTHENTICATED, "Client authentication failed.")
+    unsupported_grant_type = ErrorSpec(
+        Code.INVALID_ARGUMENT, "grant_type must be client_credentials."
+    )
+
+    @property
+    def code(self) -> Code:
+        return self.value.code
+
+
+class ApiError(Exception):
+    """A failure the caller can act on.
+
+    `metadata` holds the dynamic parts of the message (lowerCamel keys, string
+    values, as in an ErrorInfo) and fills the template; `detail` is
+    message-only text for reasons whose template is just "{detail}".
+    """
+
+    def __init__(self, reason: Reason, *, detail: str = "", **metadata: str) -> None:
+        self.reason = reason
+        self.metadata = metadata
+        self.message = reason.value.template.format(detail=detail, **metadata)
+        super().__init__(f"{reason.name}: {self.message}")
+
+
+def invalid_request(detail: str, field: str | None = None) -> ApiError:
+    """A malformed request; `field` names the offending field (its JSON name)."""
+    if field is None:
+        return ApiError(Reason.INVALID_REQUEST, detail=detail)
+    return ApiError(Reason.INVALID_REQUEST, detail=detail, field=field)

@@ -1,0 +1,162 @@
+"""The domain's nouns: plain, immutable values that know no transport or database."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Generic, TypeVar
+
+from server.domain.money import Money
+
+T = TypeVar("T")
+
+
+class OrderStatus(enum.Enum):
+    PROCESSING = "PROCESSING"
+    COMPLETED = "COMPLETED"
+    CANCELLED = "CANCELLED"
+
+
+@dataclass(frozen=True)
+class Product:
+    sku: str
+    name: str
+    brand: str
+    price: Money
+    face_value: Money
+    instant_delivery_supported: bool
+    brand_category: str | None = None
+    brand_sub_category: str | None = None
+    types: tuple[str, ...] = ()
+    format: str = "D"
+    country: str | None = None
+    image_url: str | None = None
+    descriptions: tuple[str, ...] = ()
+    instructions: tuple[str, ...] = ()
+    term_conditions: tuple[str, ...] = ()
+
+    @property
+    def currency(self) -> str:
+        return self.price.currency
+
+    @property
+    def percentage_off_face_value(self) -> Decimal:
+        """The discount of the price on the face value, in percent with 2 digits."""
+        if self.face_value.amount == 0:
+            return Decimal("0.00")
+        discount = (self.face_value.amount - self.price.amount) / self.face_value.amount
+        return (discount * 100).quantize(Decimal("0.01"))
+
+
+@dataclass(frozen=True)
+class ExchangeRate:
+    """One `base` costs `rate` `quote`."""
+
+    base: str
+    quote: str
+    rate: Decimal
+    as_of: str
+    updated_at: datetime
+
+    @property
+    def pair(self) -> str:
+        return f"{self.base}/{self.quote}"
+
+
+@dataclass(frozen=True)
+class FxConversion:
+    """The conversion that priced an order in another currency."""
+
+    pair: str
+    rate: Decimal
+    as_of: str
+
+
+@dataclass(frozen=True)
+class DeliveredCode:
+    redeem_code: str
+    pin_code: str | None
+
+
+@dataclass(frozen=True)
+class Order:
+    """An instant order: one unit of one product.
+
+    `stock_id` identifies the unit of stock the order was promised, from
+    PROCESSING to COMPLETED; `code` is set once it is fulfilled.
+    """
+
+    stock_id: int
+    transaction_id: str
+    client_order_number: str
+    sku: str
+    status: OrderStatus
+    unit_price: Money
+    unit_price_original: Money
+    fx: FxConversion | None
+    created_at: datetime
+    code: DeliveredCode | None = None
+    quantity: int = 1
+
+    @property
+    def pay_with_currency(self) -> str:
+        return self.unit_price.currency
+
+    @property
+    def total_price(self) -> Money:
+        return self.unit_price.times(self.quantity)
+
+    @property
+    def grand_total(self) -> Money:
+        return self.total_price
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    total: int
+    page: int
+    page_size: int
+
+    @property
+    def total_pages(self) -> int:
+        return -(-self.total // self.page_size)
+
+
+@dataclass(frozen=True)
+class ApiCredentials:
+    """What the store knows of an API key: whose it is and its secret's hash."""
+
+    api_key: str
+    account_id: int
+    secret_hash: str
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated account behind a request."""
+
+    account_id: int
+    api_key: str
+
+
+@dataclass(frozen=True)
+class InstantOrderRequest:
+    sku: str
+    client_order_number: str = ""
+    dup_check: bool = False
+    pay_with_currency: str = ""
+
+
+@dataclass(frozen=True)
+class OrderFilter:
+    transaction_id: str = ""
+    client_order_number: str = ""
+
+
+@dataclass(frozen=True)
+class CodesFilter:
+    sku: str = ""
+    stock_ids: frozenset[int] = field(default_factory=frozenset)

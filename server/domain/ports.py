@@ -1,0 +1,105 @@
+"""The one interface the domain needs from persistence.
+
+An implementation runs each method as one transaction (one hop to the
+database), and keeps the invariants no rule may break: balances never go
+negative, every balance change has its ledger row in the same transaction,
+a code goes to at most one order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from server.domain.models import (
+    ApiCredentials,
+    ExchangeRate,
+    InstantOrderRequest,
+    Order,
+    OrderFilter,
+    Page,
+    Product,
+)
+from server.domain.money import Money
+from server.domain.orders import OrderFacts, OrderPlan
+
+
+@dataclass(frozen=True)
+class NewCode:
+    sku: str
+    redeem_code: str
+    pin_code: str | None
+
+
+@dataclass(frozen=True)
+class NewAccount:
+    name: str
+    balances: tuple[Money, ...]
+    api_key: str
+    secret_hash: str
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Everything `admin load` adds, applied all or nothing."""
+
+    accounts: tuple[NewAccount, ...] = ()
+    products: tuple[Product, ...] = ()
+    codes: tuple[NewCode, ...] = ()
+    rates: tuple[ExchangeRate, ...] = ()
+
+
+class DataConflict(Exception):
+    """An admin change contradicts what is stored (a name taken, an unknown SKU, ...)."""
+
+
+class Store(Protocol):
+    async def place_instant_order(
+        self,
+        account_id: int,
+        request: InstantOrderRequest,
+        transaction_id: str,
+        now: datetime,
+        decide: Callable[[OrderFacts], OrderPlan],
+    ) -> Order:
+        """Reads the facts, lets `decide` apply the rules, then debits, reserves a
+        code if one is in stock and records the order, all in one transaction."""
+        ...
+
+    async def get_order(self, account_id: int, transaction_id: str) -> Order | None: ...
+
+    async def list_orders(
+        self, account_id: int, order_filter: OrderFilter, page: int, page_size: int
+    ) -> Page[Order]: ...
+
+    async def list_products(
+        self, skus: Sequence[str], page: int, page_size: int
+    ) -> Page[Product]: ...
+
+    async def balances(self, account_id: int) -> list[Money]: ...
+
+    async def exchange_rates(self) -> list[ExchangeRate]: ...
+
+    async def product_currencies(self) -> list[str]: ...
+
+    async def credentials(self, api_key: str) -> ApiCredentials | None: ...
+
+    async def token_signing_key(self) -> bytes:
+        """A random key made when the database was created, shared by all processes."""
+        ...
+
+    async def load(self, dataset: Dataset, now: datetime) -> list[int]:
+        """Adds the dataset; returns the new accounts' ids in the dataset's order."""
+        ...
+
+    async def add_codes(self, codes: Sequence[NewCode], now: datetime) -> int: ...
+
+    async def top_up(self, account_id: int, amount: Money, now: datetime) -> Money:
+        """Credits the account (a ledger row); returns the new balance."""
+        ...
+
+    async def set_rate(self, rate: ExchangeRate) -> None: ...
+
+    async def close(self) -> None: ...

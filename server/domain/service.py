@@ -1,0 +1,218 @@
+"""The use cases behind every RPC: validate, apply the rules, ask the store."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import partial
+
+from server.domain.auth import (
+    DUMMY_SECRET_HASH,
+    IssuedToken,
+    TokenSigner,
+    verify_secret,
+)
+from server.domain.errors import ApiError, Reason, invalid_request
+from server.domain.models import (
+    Caller,
+    CodesFilter,
+    ExchangeRate,
+    InstantOrderRequest,
+    Order,
+    OrderFilter,
+    OrderStatus,
+    Page,
+    Product,
+)
+from server.domain.money import Money, is_currency
+from server.domain.orders import decide_instant_order
+from server.domain.ports import Store
+
+MAX_SKU_LENGTH = 64
+MAX_CLIENT_ORDER_NUMBER_LENGTH = 128
+MAX_TRANSACTION_ID_LENGTH = 64
+ORDERS_PAGE = (10, 100)  # (default, maximum) page size
+PRODUCTS_PAGE = (1000, 1000)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class CodeView:
+    stock_id: int
+    status: OrderStatus
+    redeem_code: str | None = None
+    pin_code: str | None = None
+
+
+@dataclass(frozen=True)
+class ProductCodes:
+    sku: str
+    quantity: int
+    codes: list[CodeView]
+
+
+@dataclass(frozen=True)
+class RatesView:
+    updated_at: datetime | None
+    product_currencies: list[str]
+    rates: list[ExchangeRate]
+
+
+class InstantOrdersService:
+    """One instance per process, shared by all requests."""
+
+    def __init__(
+        self, store: Store, tokens: TokenSigner, clock: Callable[[], datetime] = utc_now
+    ) -> None:
+        self._store = store
+        self._tokens = tokens
+        self._clock = clock
+
+    @classmethod
+    async def open(
+        cls, store: Store, token_lifetime: timedelta, clock: Callable[[], datetime] = utc_now
+    ) -> InstantOrdersService:
+        key = await store.token_signing_key()
+        return cls(store, TokenSigner(key, token_lifetime), clock)
+
+    # --- authentication -------------------------------------------------------------
+
+    async def issue_token(self, grant_type: str, client_id: str, client_secret: str) -> IssuedToken:
+        if not grant_type:
+            raise ApiError(Reason.invalid_request, detail="grant_type is required.")
+        if grant_type != "client_credentials":
+            raise ApiError(Reason.unsupported_grant_type)
+        if not client_id or not client_secret:
+            raise ApiError(
+                Reason.invalid_request, detail="client_id and client_secret are required."
+            )
+        credentials = await self._store.credentials(client_id)
+        stored_hash = credentials.secret_hash if credentials else DUMMY_SECRET_HASH
+        # scrypt takes tens of milliseconds: keep it off the event loop.
+        matches = await asyncio.to_thread(partial(verify_secret, client_secret, stored_hash))
+        if credentials is None or not matches:
+            raise ApiError(Reason.invalid_client)
+        return self._tokens.issue(Caller(credentials.account_id, client_id), self._clock())
+
+    def authenticate(self, api_key: str, authorization: str) -> Caller:
+        return self._tokens.verify(api_key, authorization, self._clock())
+
+    # --- orders ---------------------------------------------------------------------
+
+    async def create_instant_order(self, caller: Caller, request: InstantOrderRequest) -> Order:
+        check_text("sku", request.sku, MAX_SKU_LENGTH, required=True)
+        check_text("clientOrderNumber", request.client_order_number, MAX_CLIENT_ORDER_NUMBER_LENGTH)
+        check_text("payWithCurrency", request.pay_with_currency, 3)
+        return await self._store.place_instant_order(
+            caller.account_id,
+            request,
+            transaction_id=new_transaction_id(),
+            now=self._clock(),
+            decide=partial(decide_instant_order, request),
+        )
+
+    async def get_order(self, caller: Caller, transaction_id: str) -> Order:
+        check_text("transactionId", transaction_id, MAX_TRANSACTION_ID_LENGTH, required=True)
+        order = await self._store.get_order(caller.account_id, transaction_id)
+        if order is None:
+            # Another account's order is answered exactly like a missing one.
+            raise ApiError(Reason.ORDER_NOT_FOUND, transactionId=transaction_id)
+        return order
+
+    async def list_orders(
+        self, caller: Caller, order_filter: OrderFilter, page: int, limit: int
+    ) -> Page[Order]:
+        check_text("transactionId", order_filter.transaction_id, MAX_TRANSACTION_ID_LENGTH)
+        check_text(
+            "clientOrderNumber", order_filter.client_order_number, MAX_CLIENT_ORDER_NUMBER_LENGTH
+        )
+        page, limit = page_bounds(page, limit, *ORDERS_PAGE)
+        return await self._store.list_orders(caller.account_id, order_filter, page, limit)
+
+    async def get_codes(
+        self, caller: Caller, transaction_id: str, codes_filter: CodesFilter
+    ) -> list[ProductCodes]:
+        order = await self.get_order(caller, transaction_id)
+        if codes_filter.sku and codes_filter.sku != order.sku:
+            return []
+        codes = [code for code in codes_of(order) if matches(code, codes_filter)]
+        return [ProductCodes(sku=order.sku, quantity=order.quantity, codes=codes)]
+
+    # --- catalogue, balances, rates -------------------------------------------------
+
+    async def list_products(self, skus: Sequence[str], page: int, limit: int) -> Page[Product]:
+        for sku in skus:
+            check_text("sku", sku, MAX_SKU_LENGTH)
+        page, limit = page_bounds(page, limit, *PRODUCTS_PAGE)
+        return await self._store.list_products([s for s in skus if s], page, limit)
+
+    async def balances(self, caller: Caller, currency: str) -> list[Money]:
+        if currency and not is_currency(currency):
+            raise invalid_request(f"currency {currency!r} is not an ISO 4217 code.", "currency")
+        balances = await self._store.balances(caller.account_id)
+        return [b for b in balances if not currency or b.currency == currency]
+
+    async def exchange_rates(self, pairs: Sequence[str], base: str, quote: str) -> RatesView:
+        wanted = {parse_pair(p) for p in pairs if p}
+        for name, code in (("base", base), ("quote", quote)):
+            if code and not is_currency(code):
+                raise invalid_request(f"{name} {code!r} is not an ISO 4217 code.", name)
+        rates = await self._store.exchange_rates()
+        if wanted:
+            rates = [r for r in rates if (r.base, r.quote) in wanted]
+        else:
+            rates = [r for r in rates if base in ("", r.base) and quote in ("", r.quote)]
+        updated_at = max((r.updated_at for r in rates), default=None)
+        return RatesView(updated_at, await self._store.product_currencies(), rates)
+
+
+def new_transaction_id() -> str:
+    """128 random bits: unguessable, so one account cannot probe another's orders."""
+    return secrets.token_hex(16)
+
+
+def codes_of(order: Order) -> list[CodeView]:
+    if order.status is OrderStatus.CANCELLED:
+        return []
+    if order.code is None:
+        return [CodeView(order.stock_id, OrderStatus.PROCESSING)]
+    return [CodeView(order.stock_id, order.status, order.code.redeem_code, order.code.pin_code)]
+
+
+def matches(code: CodeView, codes_filter: CodesFilter) -> bool:
+    return not codes_filter.stock_ids or code.stock_id in codes_filter.stock_ids
+
+
+def check_text(field: str, value: str, max_length: int, *, required: bool = False) -> None:
+    """Rejects a missing required value, an over-long one and control characters."""
+    if required and not value:
+        raise invalid_request(f"{field} is required.", field)
+    if len(value) > max_length:
+        raise invalid_request(f"{field} is longer than {max_length} characters.", field)
+    if not value.isprintable():
+        raise invalid_request(f"{field} contains control characters.", field)
+
+
+def page_bounds(page: int, limit: int, default_limit: int, max_limit: int) -> tuple[int, int]:
+    """(page, limit) with defaults applied for zeros; out-of-range values are rejected."""
+    page = page or 1
+    limit = limit or default_limit
+    if page < 1:
+        raise invalid_request("page must be 1 or more.", "page")
+    if not 1 <= limit <= max_limit:
+        raise invalid_request(f"limit must be between 1 and {max_limit}.", "limit")
+    return page, limit
+
+
+def parse_pair(pair: str) -> tuple[str, str]:
+    """ "USDCAD" -> ("USD", "CAD")."""
+    base, quote = pair[:3], pair[3:]
+    if len(pair) != 6 or not is_currency(base) or not is_currency(quote):
+        raise invalid_request(f"pairs: {pair!r} is not BASEQUOTE with two ISO 4217 codes.", "pairs")
+    return base, quote

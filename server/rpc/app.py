@@ -1,0 +1,85 @@
+"""The gRPC server: servicers, interceptors, health, reflection and a graceful stop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from instantorders.v2 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    balances_pb2,
+    balances_pb2_grpc,
+    catalog_pb2,
+    catalog_pb2_grpc,
+    exchange_rates_pb2,
+    exchange_rates_pb2_grpc,
+    orders_pb2,
+    orders_pb2_grpc,
+)
+
+from server.domain.service import InstantOrdersService
+from server.rpc import servicers
+from server.rpc.interceptors import AuthInterceptor, ErrorInterceptor
+
+#: Every request of this API is small; refuse large ones before parsing them.
+MAX_MESSAGE_BYTES = 64 * 1024
+
+SERVICE_NAMES = [
+    module.DESCRIPTOR.services_by_name[name].full_name
+    for module, name in (
+        (orders_pb2, "OrdersService"),
+        (catalog_pb2, "CatalogService"),
+        (balances_pb2, "BalancesService"),
+        (exchange_rates_pb2, "ExchangeRatesService"),
+        (auth_pb2, "AuthService"),
+    )
+]
+_ISSUE_TOKEN = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].methods_by_name["IssueToken"]
+PUBLIC_METHODS = {f"/{_ISSUE_TOKEN.containing_service.full_name}/{_ISSUE_TOKEN.name}"}
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    port: int
+
+    async def stop(self, grace: float) -> None:
+        """Reports NOT_SERVING, refuses new calls and lets in-flight ones finish."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+async def start_server(service: InstantOrdersService, listen: str) -> RunningServer:
+    """Starts serving on `listen` ("host:port"; port 0 picks a free one)."""
+    server = grpc.aio.server(
+        interceptors=[ErrorInterceptor(), AuthInterceptor(service.authenticate, PUBLIC_METHODS)],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    orders_pb2_grpc.add_OrdersServiceServicer_to_server(servicers.OrdersServicer(service), server)
+    catalog_pb2_grpc.add_CatalogServiceServicer_to_server(
+        servicers.CatalogServicer(service), server
+    )
+    balances_pb2_grpc.add_BalancesServiceServicer_to_server(
+        servicers.BalancesServicer(service), server
+    )
+    exchange_rates_pb2_grpc.add_ExchangeRatesServiceServicer_to_server(
+        servicers.ExchangeRatesServicer(service), server
+    )
+    auth_pb2_grpc.add_AuthServiceServicer_to_server(servicers.AuthServicer(service), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    port = server.add_insecure_port(listen)
+    await server.start()
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, health_servicer, port)

@@ -1,0 +1,176 @@
+"""Protobuf messages to domain values and back; nothing else."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from instantorders.v2 import (
+    balances_pb2,
+    catalog_pb2,
+    exchange_rates_pb2,
+    money_pb2,
+    orders_pb2,
+)
+
+from server.domain.models import (
+    CodesFilter,
+    ExchangeRate,
+    InstantOrderRequest,
+    Order,
+    OrderFilter,
+    OrderStatus,
+    Page,
+    Product,
+)
+from server.domain.money import Money
+from server.domain.service import ProductCodes, RatesView
+
+_STATUS = {
+    OrderStatus.PROCESSING: orders_pb2.PROCESSING,
+    OrderStatus.COMPLETED: orders_pb2.COMPLETED,
+    OrderStatus.CANCELLED: orders_pb2.CANCELLED,
+}
+
+
+def instant_order_request(message: orders_pb2.CreateInstantOrderRequest) -> InstantOrderRequest:
+    return InstantOrderRequest(
+        sku=message.sku,
+        client_order_number=message.client_order_number,
+        dup_check=message.enable_client_order_number_dup_check,
+        pay_with_currency=message.pay_with_currency,
+    )
+
+
+def order_filter(message: orders_pb2.ListOrdersRequest) -> OrderFilter:
+    return OrderFilter(message.transaction_id, message.client_order_number)
+
+
+def codes_filter(message: orders_pb2.GetCodesRequest) -> CodesFilter:
+    return CodesFilter(message.sku, frozenset(message.stock_ids))
+
+
+def money(value: Money) -> money_pb2.Money:
+    return money_pb2.Money(amount=str(value.amount), currency=value.currency)
+
+
+def timestamp(moment: datetime) -> Timestamp:
+    message = Timestamp()
+    message.FromDatetime(moment)
+    return message
+
+
+def order(value: Order) -> orders_pb2.Order:
+    converted = value.fx is not None
+    message = orders_pb2.Order(
+        transaction_id=value.transaction_id,
+        client_order_number=value.client_order_number,
+        pay_with_currency=value.pay_with_currency,
+        grand_total=money(value.grand_total),
+        created_at=timestamp(value.created_at),
+        status=_STATUS[value.status],
+        products=[
+            orders_pb2.OrderProduct(
+                sku=value.sku,
+                quantity=value.quantity,
+                unit_price_original=money(value.unit_price_original) if converted else None,
+                unit_price=money(value.unit_price),
+                total_price=money(value.total_price),
+                status=_STATUS[value.status],
+            )
+        ],
+    )
+    if value.fx is not None:
+        message.fx_summary.add(
+            pair=value.fx.pair, rate=float(value.fx.rate), as_of_date=value.fx.as_of
+        )
+    return message
+
+
+def orders_page(page: Page[Order]) -> orders_pb2.ListOrdersResponse:
+    return orders_pb2.ListOrdersResponse(
+        total=page.total,
+        page=page.page,
+        page_size=page.page_size,
+        total_page=page.total_pages,
+        items=[order(item) for item in page.items],
+    )
+
+
+def codes(products: list[ProductCodes]) -> orders_pb2.GetCodesResponse:
+    return orders_pb2.GetCodesResponse(
+        products=[
+            orders_pb2.ProductCodes(
+                sku=product.sku,
+                quantity=product.quantity,
+                codes=[
+                    orders_pb2.Code(
+                        stock_id=code.stock_id,
+                        status=_STATUS[code.status],
+                        redeem_code=code.redeem_code,
+                        pin_code=code.pin_code,
+                    )
+                    for code in product.codes
+                ],
+            )
+            for product in products
+        ]
+    )
+
+
+def product(value: Product) -> catalog_pb2.Product:
+    return catalog_pb2.Product(
+        sku=value.sku,
+        name=value.name,
+        brand=value.brand,
+        brand_category=value.brand_category,
+        brand_sub_category=value.brand_sub_category,
+        types=value.types,
+        format=value.format,
+        country=value.country,
+        currency=value.currency,
+        image_url=value.image_url,
+        prices=[catalog_pb2.Price(price=str(value.price.amount), from_quantity=1)],
+        face_value=str(value.face_value.amount),
+        percentage_off_face_value=str(value.percentage_off_face_value),
+        is_instant_delivery_supported=value.instant_delivery_supported,
+        descriptions=value.descriptions,
+        instructions=value.instructions,
+        term_conditions=value.term_conditions,
+    )
+
+
+def products_page(page: Page[Product]) -> catalog_pb2.ListProductsResponse:
+    return catalog_pb2.ListProductsResponse(
+        total=page.total,
+        page=page.page,
+        page_size=page.page_size,
+        total_page=page.total_pages,
+        items=[product(item) for item in page.items],
+    )
+
+
+def balances(values: list[Money]) -> balances_pb2.GetBalancesResponse:
+    return balances_pb2.GetBalancesResponse(
+        balances=[
+            balances_pb2.Balance(balance=str(value.amount), currency=value.currency)
+            for value in values
+        ]
+    )
+
+
+def exchange_rate(rate: ExchangeRate) -> exchange_rates_pb2.ExchangeRate:
+    return exchange_rates_pb2.ExchangeRate(
+        pair=rate.base + rate.quote,
+        base=rate.base,
+        quote=rate.quote,
+        rate=f"{rate.rate:.4f}",
+    )
+
+
+def exchange_rates(view: RatesView) -> exchange_rates_pb2.GetExchangeRatesResponse:
+    return exchange_rates_pb2.GetExchangeRatesResponse(
+        updated_at=None if view.updated_at is None else timestamp(view.updated_at),
+        product_currencies=view.product_currencies,
+        rates=[exchange_rate(rate) for rate in view.rates],
+    )

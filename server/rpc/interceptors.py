@@ -1,0 +1,144 @@
+"""Cross-cutting concerns of every API call: request ids, errors, authentication.
+
+Both interceptors wrap the method's behaviour instead of answering from
+intercept_service, so that their work runs in the call's own task and context
+(contextvars set here are seen by the servicer).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeAlias
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from server.domain.errors import ApiError, Reason
+from server.domain.models import Caller
+
+#: ErrorInfo.domain of every error this service raises.
+ERROR_DOMAIN = "instantorders.v2"
+#: Calls to our own services; health and reflection pass untouched.
+API_METHOD_PREFIX = "/instantorders.v2."
+
+#: grpc.aio.ServicerContext; grpcio ships no types.
+Context: TypeAlias = Any
+Behavior = Callable[[Any, Context], Awaitable[Any]]
+Around = Callable[[Behavior, Any, Context], Awaitable[Any]]
+
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+_CALLER: contextvars.ContextVar[Caller] = contextvars.ContextVar("caller")
+
+log = logging.getLogger(__name__)
+
+
+def current_caller() -> Caller:
+    """The account authenticated for the running call."""
+    return _CALLER.get()
+
+
+def to_rpc_status(error: ApiError) -> grpc.Status:
+    """An ApiError as google.rpc.Status with exactly one ErrorInfo (AIP-193)."""
+    info = error_details_pb2.ErrorInfo(
+        reason=error.reason.name, domain=ERROR_DOMAIN, metadata=error.metadata
+    )
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    status = status_pb2.Status(
+        code=error.reason.code.value, message=error.message, details=[detail]
+    )
+    return rpc_status.to_status(status)
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Names the call with a request id and turns every failure into a rich status.
+
+    An ApiError becomes its catalogued status; anything unexpected is logged
+    here and answered as INTERNAL, so no stack trace or detail reaches callers.
+    """
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or not handler_call_details.method.startswith(API_METHOD_PREFIX):
+            return handler
+        values = _values(handler_call_details.invocation_metadata, "x-request-id")
+        request_id = values[0] if len(values) == 1 and _is_request_id(values[0]) else None
+        return _wrap(handler, _guarded(request_id or str(uuid.uuid4())))
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Lets a call through only with an x-api-key and a bearer token of that key."""
+
+    def __init__(self, authenticate: Callable[[str, str], Caller], public_methods: set[str]):
+        self._authenticate = authenticate
+        self._public_methods = public_methods
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if (
+            handler is None
+            or not method.startswith(API_METHOD_PREFIX)
+            or method in self._public_methods
+        ):
+            return handler
+        metadata = handler_call_details.invocation_metadata
+
+        async def authenticated(behavior: Behavior, request: Any, context: Context) -> Any:
+            api_keys = _values(metadata, "x-api-key")
+            authorizations = _values(metadata, "authorization")
+            if len(api_keys) != 1 or len(authorizations) != 1:
+                raise ApiError(Reason.UNAUTHENTICATED)
+            _CALLER.set(self._authenticate(api_keys[0], authorizations[0]))
+            return await behavior(request, context)
+
+        return _wrap(handler, authenticated)
+
+
+def _guarded(request_id: str) -> Around:
+    async def around(behavior: Behavior, request: Any, context: Context) -> Any:
+        REQUEST_ID.set(request_id)
+        try:
+            return await behavior(request, context)
+        except ApiError as error:
+            await context.abort_with_status(to_rpc_status(error))
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("unexpected failure")
+            await context.abort_with_status(to_rpc_status(ApiError(Reason.INTERNAL)))
+
+    return around
+
+
+def _wrap(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMethodHandler:
+    inner = handler.unary_unary
+    if inner is None:
+        return handler
+
+    async def behavior(request: Any, context: Context) -> Any:
+        return await around(inner, request, context)
+
+    replaced: grpc.RpcMethodHandler = handler._replace(unary_unary=behavior)
+    return replaced
+
+
+def _values(metadata: Sequence[tuple[str, str | bytes]] | None, key: str) -> list[str]:
+    return [value for k, value in metadata or () if k == key and isinstance(value, str)]
+
+
+def _is_request_id(value: str) -> bool:
+    return 0 < len(value) <= 128 and value.isascii() and value.isprintable()

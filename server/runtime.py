@@ -1,0 +1,98 @@
+"""Running the processes: the gRPC server, the gateway, or both, until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+
+from gateway.app import GatewaySettings, start_gateway
+from server.domain.service import InstantOrdersService
+from server.rpc.app import RunningServer, start_server
+from server.settings import Settings
+from server.store.sqlite import SqliteStore
+
+log = logging.getLogger("instant_orders")
+
+
+async def serve(
+    settings: Settings,
+    *,
+    grpc: bool = True,
+    gateway: bool = True,
+    on_ready: Callable[[dict[str, int]], None] | None = None,
+) -> None:
+    """Serves until SIGTERM or SIGINT, then stops gracefully.
+
+    The gateway stops first (no new HTTP requests; those in flight finish),
+    then the gRPC server (health NOT_SERVING, in-flight calls finish within
+    the grace period), then the database closes.
+    """
+    stop = _stop_on_signals()
+    async with contextlib.AsyncExitStack() as stack:
+        ports: dict[str, int] = {}
+        upstream = settings.upstream
+        if grpc:
+            server = await stack.enter_async_context(_grpc_server(settings))
+            ports["grpc"] = server.port
+            upstream = f"{_local_host(settings.grpc_listen)}:{server.port}"
+            log.info("gRPC server listening on %s", _address(settings.grpc_listen, server.port))
+        if gateway:
+            http_port = await stack.enter_async_context(_gateway(settings, upstream))
+            ports["http"] = http_port
+            log.info("REST gateway listening on %s", _address(settings.http_listen, http_port))
+        if on_ready:
+            on_ready(ports)
+        await stop.wait()
+        log.info("stopping: finishing the requests in flight")
+    log.info("stopped")
+
+
+@contextlib.asynccontextmanager
+async def _grpc_server(settings: Settings) -> AsyncIterator[RunningServer]:
+    store = await SqliteStore.open(settings.database)
+    try:
+        service = await InstantOrdersService.open(store, settings.token_lifetime)
+        server = await start_server(service, settings.grpc_listen)
+        try:
+            yield server
+        finally:
+            await server.stop(settings.shutdown_grace_seconds)
+    finally:
+        await store.close()
+
+
+@contextlib.asynccontextmanager
+async def _gateway(settings: Settings, upstream: str) -> AsyncIterator[int]:
+    runner, port, channel = await start_gateway(
+        GatewaySettings(
+            upstream=upstream,
+            http_listen=settings.http_listen,
+            shutdown_grace_seconds=settings.shutdown_grace_seconds,
+        )
+    )
+    try:
+        yield port
+    finally:
+        await runner.cleanup()
+        await channel.close()
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+def _local_host(listen: str) -> str:
+    """The host to reach a listener on from this machine."""
+    host = listen.rpartition(":")[0]
+    return "127.0.0.1" if host in ("", "0.0.0.0", "[::]") else host  # noqa: S104
+
+
+def _address(listen: str, port: int) -> str:
+    return f"{listen.rpartition(':')[0]}:{port}"

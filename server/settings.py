@@ -1,0 +1,33 @@
+"""The service's settings: one frozen value, built from flags and environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+ENVIRONMENT = {
+    "database": "INSTANT_ORDERS_DATABASE",
+    "grpc_listen": "INSTANT_ORDERS_GRPC_LISTEN",
+    "http_listen": "INSTANT_ORDERS_HTTP_LISTEN",
+    "upstream": "INSTANT_ORDERS_UPSTREAM",
+    "token_lifetime_seconds": "INSTANT_ORDERS_TOKEN_LIFETIME",
+    "shutdown_grace_seconds": "INSTANT_ORDERS_SHUTDOWN_GRACE",
+    "log_level": "INSTANT_ORDERS_LOG_LEVEL",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    database: str = "./instant-orders.db"
+    grpc_listen: str = "127.0.0.1:50051"
+    http_listen: str = "127.0.0.1:8080"
+    #: Where a stand-alone gateway finds the gRPC server.
+    upstream: str = "127.0.0.1:50051"
+    token_lifetime_seconds: int = 3600
+    #: How long in-flight calls may take to finish after SIGTERM.
+    shutdown_grace_seconds: float = 10.0
+    log_level: str = "INFO"
+
+    @property
+    def token_lifetime(self) -> timedelta:
+        return timedelta(seconds=self.token_lifetime_seconds)

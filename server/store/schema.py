@@ -1,0 +1,97 @@
+"""The SQLite schema. Money is stored as integer minor units, rates as exact decimal text."""
+
+SCHEMA_VERSION = 1
+
+# Statements are split on ";", so comments must not contain one.
+SCHEMA = """
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE accounts (
+    id            INTEGER PRIMARY KEY,
+    name          TEXT NOT NULL UNIQUE,
+    created_at_us INTEGER NOT NULL
+);
+
+CREATE TABLE api_keys (
+    api_key       TEXT PRIMARY KEY,
+    account_id    INTEGER NOT NULL REFERENCES accounts(id),
+    secret_hash   TEXT NOT NULL,
+    created_at_us INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- The current balance per currency, always equal to the sum of the ledger.
+CREATE TABLE balances (
+    account_id   INTEGER NOT NULL REFERENCES accounts(id),
+    currency     TEXT NOT NULL,
+    amount_minor INTEGER NOT NULL CHECK (amount_minor >= 0),
+    PRIMARY KEY (account_id, currency)
+) WITHOUT ROWID;
+
+-- Every balance change, written in the transaction that made it.
+CREATE TABLE ledger (
+    id            INTEGER PRIMARY KEY,
+    account_id    INTEGER NOT NULL REFERENCES accounts(id),
+    currency      TEXT NOT NULL,
+    amount_minor  INTEGER NOT NULL CHECK (amount_minor <> 0),
+    kind          TEXT NOT NULL CHECK (kind IN ('TOP_UP', 'ORDER', 'REFUND')),
+    order_id      INTEGER REFERENCES orders(id),
+    created_at_us INTEGER NOT NULL
+);
+CREATE INDEX ledger_by_account ON ledger (account_id, currency);
+CREATE INDEX ledger_by_order ON ledger (order_id) WHERE order_id IS NOT NULL;
+
+CREATE TABLE products (
+    sku                        TEXT PRIMARY KEY,
+    name                       TEXT NOT NULL,
+    brand                      TEXT NOT NULL,
+    currency                   TEXT NOT NULL,
+    price_minor                INTEGER NOT NULL CHECK (price_minor > 0),
+    face_value_minor           INTEGER NOT NULL CHECK (face_value_minor >= 0),
+    instant_delivery_supported INTEGER NOT NULL,
+    details                    TEXT NOT NULL  -- JSON: the catalogue's descriptive fields
+) WITHOUT ROWID;
+
+CREATE TABLE rates (
+    base          TEXT NOT NULL,
+    quote         TEXT NOT NULL,
+    rate          TEXT NOT NULL,
+    as_of         TEXT NOT NULL,
+    updated_at_us INTEGER NOT NULL,
+    PRIMARY KEY (base, quote)
+) WITHOUT ROWID;
+
+-- An instant order is one unit of one product. Its id is the stockId of that unit.
+CREATE TABLE orders (
+    id                        INTEGER PRIMARY KEY,
+    transaction_id            TEXT NOT NULL UNIQUE,
+    account_id                INTEGER NOT NULL REFERENCES accounts(id),
+    client_order_number       TEXT NOT NULL,
+    sku                       TEXT NOT NULL REFERENCES products(sku),
+    status                    TEXT NOT NULL
+                              CHECK (status IN ('PROCESSING', 'COMPLETED', 'CANCELLED')),
+    pay_currency              TEXT NOT NULL,
+    unit_price_minor          INTEGER NOT NULL,
+    original_currency         TEXT NOT NULL,
+    unit_price_original_minor INTEGER NOT NULL,
+    fx_rate                   TEXT,  -- NULL for same-currency orders
+    fx_as_of                  TEXT,
+    created_at_us             INTEGER NOT NULL
+);
+CREATE INDEX orders_by_account ON orders (account_id, id);
+CREATE INDEX orders_by_client_number ON orders (account_id, client_order_number);
+
+-- order_id is UNIQUE: a code is sold to at most one order, an order gets one code
+CREATE TABLE codes (
+    id            INTEGER PRIMARY KEY,
+    sku           TEXT NOT NULL REFERENCES products(sku),
+    redeem_code   TEXT NOT NULL,
+    pin_code      TEXT,
+    order_id      INTEGER UNIQUE REFERENCES orders(id),
+    added_at_us   INTEGER NOT NULL,
+    UNIQUE (sku, redeem_code)
+);
+CREATE INDEX unsold_codes ON codes (sku, id) WHERE order_id IS NULL;
+"""

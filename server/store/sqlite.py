@@ -1,0 +1,553 @@
+"""The embedded store: SQLite in WAL mode behind aiosqlite.
+
+aiosqlite gives each connection its own thread. Every method hands that
+thread one plain function that runs a whole transaction, so an order costs one
+hop between the event loop and the database instead of one per statement.
+Writes go through one connection and start with BEGIN IMMEDIATE, so they are
+serialized: read-check-write sequences (balance, duplicate check, code
+reservation) cannot interleave. Reads use a second connection and never wait
+for writes (WAL).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from server.domain.models import (
+    ApiCredentials,
+    DeliveredCode,
+    ExchangeRate,
+    FxConversion,
+    InstantOrderRequest,
+    Order,
+    OrderFilter,
+    OrderStatus,
+    Page,
+    Product,
+)
+from server.domain.money import Money
+from server.domain.orders import OrderFacts, OrderPlan
+from server.domain.ports import DataConflict, Dataset, NewCode
+from server.store.schema import SCHEMA, SCHEMA_VERSION
+
+T = TypeVar("T")
+Work = Callable[[sqlite3.Connection], T]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ORDER_COLUMNS = """
+    o.id, o.transaction_id, o.client_order_number, o.sku, o.status, o.pay_currency,
+    o.unit_price_minor, o.original_currency, o.unit_price_original_minor, o.fx_rate,
+    o.fx_as_of, o.created_at_us, c.redeem_code, c.pin_code
+    FROM orders o LEFT JOIN codes c ON c.order_id = o.id
+"""
+_PRODUCT_COLUMNS = """
+    sku, name, brand, currency, price_minor, face_value_minor, instant_delivery_supported,
+    details FROM products
+"""
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer version of the service."""
+
+
+class SqliteStore:
+    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+        self._writer = writer
+        self._reader = reader
+
+    @classmethod
+    async def open(cls, path: str | Path) -> SqliteStore:
+        writer = await _connect(path)
+        try:
+            await _in_thread(writer, _migrate)
+            reader = await _connect(path)
+        except BaseException:
+            await writer.close()
+            raise
+        return cls(writer, reader)
+
+    async def close(self) -> None:
+        await self._reader.close()
+        await self._writer.close()
+
+    async def _write(self, work: Work[T]) -> T:
+        return await _in_thread(self._writer, lambda db: _transaction(db, "IMMEDIATE", work))
+
+    async def _read(self, work: Work[T]) -> T:
+        return await _in_thread(self._reader, lambda db: _transaction(db, "DEFERRED", work))
+
+    # --- orders ---------------------------------------------------------------------
+
+    async def place_instant_order(
+        self,
+        account_id: int,
+        request: InstantOrderRequest,
+        transaction_id: str,
+        now: datetime,
+        decide: Callable[[OrderFacts], OrderPlan],
+    ) -> Order:
+        def work(db: sqlite3.Connection) -> Order:
+            product = _product_by_sku(db, request.sku)
+            facts = OrderFacts(
+                product=product,
+                balances=_balances(db, account_id),
+                rates_from_product_currency=_rates_from(db, product.currency) if product else {},
+                duplicate_of=_duplicate_of(db, account_id, request),
+            )
+            plan = decide(facts)
+            created_at_us = _micros(now)
+            code = _first_unsold_code(db, request.sku)
+            status = OrderStatus.PROCESSING if code is None else OrderStatus.COMPLETED
+            stock_id = _insert_order(
+                db, account_id, request, transaction_id, plan, status, created_at_us
+            )
+            _debit(db, account_id, plan.unit_price, stock_id, created_at_us)
+            if code is not None:
+                db.execute("UPDATE codes SET order_id = ? WHERE id = ?", (stock_id, code[0]))
+            return Order(
+                stock_id=stock_id,
+                transaction_id=transaction_id,
+                client_order_number=request.client_order_number,
+                sku=request.sku,
+                status=status,
+                unit_price=plan.unit_price,
+                unit_price_original=plan.unit_price_original,
+                fx=plan.fx,
+                created_at=_from_micros(created_at_us),
+                code=None if code is None else DeliveredCode(code[1], code[2]),
+            )
+
+        return await self._write(work)
+
+    async def get_order(self, account_id: int, transaction_id: str) -> Order | None:
+        def work(db: sqlite3.Connection) -> Order | None:
+            row = db.execute(
+                f"SELECT {_ORDER_COLUMNS} WHERE o.transaction_id = ? AND o.account_id = ?",
+                (transaction_id, account_id),
+            ).fetchone()
+            return None if row is None else _order(row)
+
+        return await self._read(work)
+
+    async def list_orders(
+        self, account_id: int, order_filter: OrderFilter, page: int, page_size: int
+    ) -> Page[Order]:
+        where, params = ["o.account_id = ?"], [account_id]
+        if order_filter.transaction_id:
+            where.append("o.transaction_id = ?")
+            params.append(order_filter.transaction_id)  # type: ignore[arg-type]
+        if order_filter.client_order_number:
+            where.append("o.client_order_number = ?")
+            params.append(order_filter.client_order_number)  # type: ignore[arg-type]
+        condition = " AND ".join(where)
+
+        def work(db: sqlite3.Connection) -> Page[Order]:
+            (total,) = db.execute(
+                f"SELECT count(*) FROM orders o WHERE {condition}",  # noqa: S608
+                params,
+            ).fetchone()
+            rows = db.execute(
+                f"SELECT {_ORDER_COLUMNS} WHERE {condition} ORDER BY o.id DESC LIMIT ? OFFSET ?",
+                [*params, page_size, (page - 1) * page_size],
+            ).fetchall()
+            return Page([_order(row) for row in rows], total, page, page_size)
+
+        return await self._read(work)
+
+    # --- catalogue, balances, rates, credentials ------------------------------------
+
+    async def list_products(self, skus: Sequence[str], page: int, page_size: int) -> Page[Product]:
+        condition = f"WHERE sku IN ({','.join('?' * len(skus))})" if skus else ""
+
+        def work(db: sqlite3.Connection) -> Page[Product]:
+            (total,) = db.execute(
+                f"SELECT count(*) FROM products {condition}",  # noqa: S608
+                list(skus),
+            ).fetchone()
+            rows = db.execute(
+                f"SELECT {_PRODUCT_COLUMNS} {condition} ORDER BY sku LIMIT ? OFFSET ?",
+                [*skus, page_size, (page - 1) * page_size],
+            ).fetchall()
+            return Page([_product(row) for row in rows], total, page, page_size)
+
+        return await self._read(work)
+
+    async def balances(self, account_id: int) -> list[Money]:
+        balances = await self._read(lambda db: _balances(db, account_id))
+        return sorted(balances.values(), key=lambda money: money.currency)
+
+    async def exchange_rates(self) -> list[ExchangeRate]:
+        def work(db: sqlite3.Connection) -> list[ExchangeRate]:
+            rows = db.execute(
+                "SELECT base, quote, rate, as_of, updated_at_us FROM rates ORDER BY base, quote"
+            ).fetchall()
+            return [_rate(row) for row in rows]
+
+        return await self._read(work)
+
+    async def product_currencies(self) -> list[str]:
+        def work(db: sqlite3.Connection) -> list[str]:
+            rows = db.execute("SELECT DISTINCT currency FROM products ORDER BY currency")
+            return [currency for (currency,) in rows]
+
+        return await self._read(work)
+
+    async def credentials(self, api_key: str) -> ApiCredentials | None:
+        def work(db: sqlite3.Connection) -> ApiCredentials | None:
+            row = db.execute(
+                "SELECT api_key, account_id, secret_hash FROM api_keys WHERE api_key = ?",
+                (api_key,),
+            ).fetchone()
+            return None if row is None else ApiCredentials(*row)
+
+        return await self._read(work)
+
+    async def token_signing_key(self) -> bytes:
+        def work(db: sqlite3.Connection) -> bytes:
+            (key,) = db.execute("SELECT value FROM meta WHERE key = 'token_signing_key'").fetchone()
+            return bytes(key)
+
+        return await self._read(work)
+
+    # --- administration -------------------------------------------------------------
+
+    async def load(self, dataset: Dataset, now: datetime) -> list[int]:
+        at = _micros(now)
+
+        def work(db: sqlite3.Connection) -> list[int]:
+            account_ids = []
+            for account in dataset.accounts:
+                account_id = _insert_account(db, account.name, at)
+                db.execute(
+                    "INSERT INTO api_keys (api_key, account_id, secret_hash, created_at_us)"
+                    " VALUES (?, ?, ?, ?)",
+                    (account.api_key, account_id, account.secret_hash, at),
+                )
+                for money in account.balances:
+                    _credit(db, account_id, money, at)
+                account_ids.append(account_id)
+            for product in dataset.products:
+                _upsert_product(db, product)
+            _insert_codes(db, dataset.codes, at)
+            for rate in dataset.rates:
+                _upsert_rate(db, rate)
+            return account_ids
+
+        return await self._write(work)
+
+    async def add_codes(self, codes: Sequence[NewCode], now: datetime) -> int:
+        return await self._write(lambda db: _insert_codes(db, codes, _micros(now)))
+
+    async def top_up(self, account_id: int, amount: Money, now: datetime) -> Money:
+        def work(db: sqlite3.Connection) -> Money:
+            if db.execute("SELECT 1 FROM accounts WHERE id = ?", (account_id,)).fetchone() is None:
+                raise DataConflict(f"no account has id {account_id}")
+            _credit(db, account_id, amount, _micros(now))
+            return _balances(db, account_id)[amount.currency]
+
+        return await self._write(work)
+
+    async def set_rate(self, rate: ExchangeRate) -> None:
+        await self._write(lambda db: _upsert_rate(db, rate))
+
+
+async def _connect(path: str | Path) -> aiosqlite.Connection:
+    connection = await aiosqlite.connect(path, isolation_level=None)
+    await _in_thread(connection, _configure)
+    return connection
+
+
+async def _in_thread(connection: aiosqlite.Connection, work: Work[T]) -> T:
+    # aiosqlite has no public call for "run this function on the connection's
+    # thread"; _execute is what its own methods use (pinned in pyproject).
+    result: T = await connection._execute(work, connection._conn)  # type: ignore[no-untyped-call]
+    return result
+
+
+def _configure(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = FULL")  # an acknowledged order survives power loss
+    db.execute("PRAGMA foreign_keys = ON")
+    db.execute("PRAGMA busy_timeout = 5000")  # other processes (admin commands) may write
+
+
+def _transaction(db: sqlite3.Connection, mode: str, work: Work[T]) -> T:
+    db.execute(f"BEGIN {mode}")
+    try:
+        result = work(db)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return result
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    def work(db: sqlite3.Connection) -> None:
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"the database has schema version {version}; this service knows "
+                f"{SCHEMA_VERSION} at most"
+            )
+        if version == 0:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('token_signing_key', ?)",
+                (secrets.token_bytes(32),),
+            )
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    _transaction(db, "IMMEDIATE", work)
+
+
+# --- statements, run inside a transaction on the connection's thread -----------------
+
+
+def _product_by_sku(db: sqlite3.Connection, sku: str) -> Product | None:
+    row = db.execute(f"SELECT {_PRODUCT_COLUMNS} WHERE sku = ?", (sku,)).fetchone()
+    return None if row is None else _product(row)
+
+
+def _balances(db: sqlite3.Connection, account_id: int) -> dict[str, Money]:
+    rows = db.execute(
+        "SELECT currency, amount_minor FROM balances WHERE account_id = ?", (account_id,)
+    )
+    return {currency: Money.from_minor(minor, currency) for currency, minor in rows}
+
+
+def _rates_from(db: sqlite3.Connection, base: str) -> dict[str, ExchangeRate]:
+    rows = db.execute(
+        "SELECT base, quote, rate, as_of, updated_at_us FROM rates WHERE base = ?", (base,)
+    )
+    return {row[1]: _rate(row) for row in rows}
+
+
+def _duplicate_of(
+    db: sqlite3.Connection, account_id: int, request: InstantOrderRequest
+) -> str | None:
+    if not (request.dup_check and request.client_order_number):
+        return None
+    row = db.execute(
+        "SELECT transaction_id FROM orders WHERE account_id = ? AND client_order_number = ?"
+        " ORDER BY id LIMIT 1",
+        (account_id, request.client_order_number),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _first_unsold_code(db: sqlite3.Connection, sku: str) -> tuple[int, str, str | None] | None:
+    row = db.execute(
+        "SELECT id, redeem_code, pin_code FROM codes"
+        " WHERE sku = ? AND order_id IS NULL ORDER BY id LIMIT 1",
+        (sku,),
+    ).fetchone()
+    return None if row is None else (row[0], row[1], row[2])
+
+
+def _insert_order(
+    db: sqlite3.Connection,
+    account_id: int,
+    request: InstantOrderRequest,
+    transaction_id: str,
+    plan: OrderPlan,
+    status: OrderStatus,
+    created_at_us: int,
+) -> int:
+    cursor = db.execute(
+        "INSERT INTO orders (transaction_id, account_id, client_order_number, sku, status,"
+        " pay_currency, unit_price_minor, original_currency, unit_price_original_minor,"
+        " fx_rate, fx_as_of, created_at_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            transaction_id,
+            account_id,
+            request.client_order_number,
+            request.sku,
+            status.value,
+            plan.unit_price.currency,
+            plan.unit_price.minor,
+            plan.unit_price_original.currency,
+            plan.unit_price_original.minor,
+            None if plan.fx is None else str(plan.fx.rate),
+            None if plan.fx is None else plan.fx.as_of,
+            created_at_us,
+        ),
+    )
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
+
+
+def _debit(db: sqlite3.Connection, account_id: int, amount: Money, order_id: int, at: int) -> None:
+    # The guard repeats the domain's balance check: whatever happens above, a
+    # balance never goes negative (the CHECK constraint backs it too).
+    updated = db.execute(
+        "UPDATE balances SET amount_minor = amount_minor - ?"
+        " WHERE account_id = ? AND currency = ? AND amount_minor >= ?",
+        (amount.minor, account_id, amount.currency, amount.minor),
+    ).rowcount
+    if updated != 1:
+        raise RuntimeError("debit would overdraw the balance")
+    _ledger(db, account_id, -amount.minor, amount.currency, "ORDER", order_id, at)
+
+
+def _credit(db: sqlite3.Connection, account_id: int, amount: Money, at: int) -> None:
+    db.execute(
+        "INSERT INTO balances (account_id, currency, amount_minor) VALUES (?, ?, ?)"
+        " ON CONFLICT (account_id, currency) DO UPDATE"
+        " SET amount_minor = amount_minor + excluded.amount_minor",
+        (account_id, amount.currency, amount.minor),
+    )
+    if amount.minor:
+        _ledger(db, account_id, amount.minor, amount.currency, "TOP_UP", None, at)
+
+
+def _ledger(
+    db: sqlite3.Connection,
+    account_id: int,
+    minor: int,
+    currency: str,
+    kind: str,
+    order_id: int | None,
+    at: int,
+) -> None:
+    db.execute(
+        "INSERT INTO ledger (account_id, currency, amount_minor, kind, order_id, created_at_us)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (account_id, currency, minor, kind, order_id, at),
+    )
+
+
+def _insert_account(db: sqlite3.Connection, name: str, at: int) -> int:
+    try:
+        cursor = db.execute("INSERT INTO accounts (name, created_at_us) VALUES (?, ?)", (name, at))
+    except sqlite3.IntegrityError:
+        raise DataConflict(f"an account named {name!r} exists already") from None
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
+
+
+def _upsert_product(db: sqlite3.Connection, product: Product) -> None:
+    details = {
+        "brandCategory": product.brand_category,
+        "brandSubCategory": product.brand_sub_category,
+        "types": list(product.types),
+        "format": product.format,
+        "country": product.country,
+        "imageUrl": product.image_url,
+        "descriptions": list(product.descriptions),
+        "instructions": list(product.instructions),
+        "termConditions": list(product.term_conditions),
+    }
+    db.execute(
+        "INSERT INTO products (sku, name, brand, currency, price_minor, face_value_minor,"
+        " instant_delivery_supported, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (sku) DO UPDATE SET name = excluded.name, brand = excluded.brand,"
+        " currency = excluded.currency, price_minor = excluded.price_minor,"
+        " face_value_minor = excluded.face_value_minor,"
+        " instant_delivery_supported = excluded.instant_delivery_supported,"
+        " details = excluded.details",
+        (
+            product.sku,
+            product.name,
+            product.brand,
+            product.currency,
+            product.price.minor,
+            product.face_value.minor,
+            product.instant_delivery_supported,
+            json.dumps(details),
+        ),
+    )
+
+
+def _insert_codes(db: sqlite3.Connection, codes: Sequence[NewCode], at: int) -> int:
+    known = {sku for (sku,) in db.execute("SELECT sku FROM products")}
+    for code in codes:
+        if code.sku not in known:
+            raise DataConflict(f"no product has SKU {code.sku!r}")
+        try:
+            db.execute(
+                "INSERT INTO codes (sku, redeem_code, pin_code, added_at_us) VALUES (?, ?, ?, ?)",
+                (code.sku, code.redeem_code, code.pin_code, at),
+            )
+        except sqlite3.IntegrityError:
+            # Loading a code twice would let it be sold twice.
+            raise DataConflict(f"a code for SKU {code.sku!r} is already in stock") from None
+    return len(codes)
+
+
+def _upsert_rate(db: sqlite3.Connection, rate: ExchangeRate) -> None:
+    db.execute(
+        "INSERT INTO rates (base, quote, rate, as_of, updated_at_us) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT (base, quote) DO UPDATE SET rate = excluded.rate,"
+        " as_of = excluded.as_of, updated_at_us = excluded.updated_at_us",
+        (rate.base, rate.quote, str(rate.rate), rate.as_of, _micros(rate.updated_at)),
+    )
+
+
+# --- rows to domain values -----------------------------------------------------------
+
+
+def _order(row: Any) -> Order:
+    (stock_id, transaction_id, client_order_number, sku, status, pay_currency, unit_minor,
+     original_currency, original_minor, fx_rate, fx_as_of, created_at_us, redeem_code,
+     pin_code) = row  # fmt: skip
+    return Order(
+        stock_id=stock_id,
+        transaction_id=transaction_id,
+        client_order_number=client_order_number,
+        sku=sku,
+        status=OrderStatus(status),
+        unit_price=Money.from_minor(unit_minor, pay_currency),
+        unit_price_original=Money.from_minor(original_minor, original_currency),
+        fx=None
+        if fx_rate is None
+        else FxConversion(f"{original_currency}/{pay_currency}", Decimal(fx_rate), fx_as_of),
+        created_at=_from_micros(created_at_us),
+        code=None if redeem_code is None else DeliveredCode(redeem_code, pin_code),
+    )
+
+
+def _product(row: Any) -> Product:
+    sku, name, brand, currency, price_minor, face_minor, instant, details_json = row
+    details = json.loads(details_json)
+    return Product(
+        sku=sku,
+        name=name,
+        brand=brand,
+        price=Money.from_minor(price_minor, currency),
+        face_value=Money.from_minor(face_minor, currency),
+        instant_delivery_supported=bool(instant),
+        brand_category=details["brandCategory"],
+        brand_sub_category=details["brandSubCategory"],
+        types=tuple(details["types"]),
+        format=details["format"],
+        country=details["country"],
+        image_url=details["imageUrl"],
+        descriptions=tuple(details["descriptions"]),
+        instructions=tuple(details["instructions"]),
+        term_conditions=tuple(details["termConditions"]),
+    )
+
+
+def _rate(row: Any) -> ExchangeRate:
+    base, quote, rate, as_of, updated_at_us = row
+    return ExchangeRate(base, quote, Decimal(rate), as_of, _from_micros(updated_at_us))
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def _from_micros(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)

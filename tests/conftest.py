@@ -1,0 +1,105 @@
+"""Fixtures: a real SQLite file, the real gRPC server in-process on port 0, the real gateway."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.app import GatewaySettings, create_app
+from server.domain import admin
+from server.domain.service import InstantOrdersService, utc_now
+from server.rpc.app import start_server
+from server.store.sqlite import SqliteStore
+from tests.api import Account, GrpcApi, RestApi
+
+#: The catalogue of the tests: the reference's SKUs and its EUR/USD example.
+DATASET: dict[str, Any] = {
+    "accounts": [
+        {"name": "acme", "balances": {"USD": "100.00"}},
+        {"name": "globex", "balances": {"USD": "50.00", "EUR": "20.00"}},
+    ],
+    "products": [
+        {"sku": "8PX-UF-Y5U", "name": "Steam USD 10", "brand": "Steam", "currency": "USD",
+         "price": "9.75", "faceValue": "10.00", "instantDeliverySupported": True},
+        {"sku": "TTR-WI-YWN", "name": "Google Play EUR 10", "brand": "Google Play",
+         "currency": "EUR", "price": "9.70", "faceValue": "10.00",
+         "instantDeliverySupported": True},
+        {"sku": "ELX-BF-85S", "name": "Xbox GBP 25", "brand": "Xbox", "currency": "GBP",
+         "price": "24.10", "faceValue": "25.00", "instantDeliverySupported": False},
+        {"sku": "JPY-NT-1000", "name": "Nintendo JPY 1000", "brand": "Nintendo",
+         "currency": "JPY", "price": "950", "faceValue": "1000",
+         "instantDeliverySupported": True},
+    ],
+    "codes": [
+        {"sku": "8PX-UF-Y5U", "redeemCode": "STEAM-0001", "pinCode": "0042"},
+        {"sku": "8PX-UF-Y5U", "redeemCode": "STEAM-0002", "pinCode": "1234"},
+        {"sku": "TTR-WI-YWN", "redeemCode": "PLAY-0001"},
+    ],
+    "rates": [
+        {"pair": "EUR/USD", "rate": "1.1829", "asOfDate": "2025-10-06"},
+        {"pair": "USD/CAD", "rate": "1.4102", "asOfDate": "2025-10-06"},
+    ],
+}  # fmt: skip
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> str:
+    return str(tmp_path / "orders.db")
+
+
+@pytest.fixture
+async def store(database: str) -> AsyncIterator[SqliteStore]:
+    store = await SqliteStore.open(database)
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def service(store: SqliteStore) -> InstantOrdersService:
+    return await InstantOrdersService.open(store, timedelta(hours=1))
+
+
+@pytest.fixture
+async def accounts(store: SqliteStore, service: InstantOrdersService) -> dict[str, Account]:
+    """The dataset's accounts, each with a fresh bearer token."""
+    created = await admin.load_dataset(store, copy.deepcopy(DATASET), utc_now())
+    result = {}
+    for item in created:
+        token = await service.issue_token("client_credentials", item.api_key, item.api_secret)
+        result[item.name] = Account(
+            item.name, item.account_id, item.api_key, item.api_secret, token.access_token
+        )
+    return result
+
+
+@pytest.fixture
+async def grpc_port(service: InstantOrdersService) -> AsyncIterator[int]:
+    server = await start_server(service, "127.0.0.1:0")
+    yield server.port
+    await server.stop(grace=1)
+
+
+@pytest.fixture
+async def channel(grpc_port: int) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        yield channel
+
+
+@pytest.fixture
+async def http(channel: grpc.aio.Channel) -> AsyncIterator[TestClient[Any, Any]]:
+    app = create_app(channel, GatewaySettings(rpc_timeout_seconds=5))
+    async with TestClient(TestServer(app)) as client:
+        yield client
+
+
+@pytest.fixture(params=["rest", "grpc"])
+def api(request: pytest.FixtureRequest, http: TestClient[Any, Any], channel: grpc.aio.Channel):
+    """The API over each transport in turn."""
+    return RestApi(http) if request.param == "rest" else GrpcApi(channel)

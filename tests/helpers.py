@@ -1,0 +1,55 @@
+"""Reading the database directly, to check what changed and what did not."""
+
+from __future__ import annotations
+
+import sqlite3
+from decimal import Decimal
+from typing import Any
+
+
+def snapshot(database: str) -> dict[str, Any]:
+    """Everything an order may change: balances, ledger, orders and sold codes."""
+    with sqlite3.connect(database) as db:
+        return {
+            "balances": db.execute("SELECT * FROM balances ORDER BY 1, 2").fetchall(),
+            "ledger": db.execute("SELECT count(*) FROM ledger").fetchone()[0],
+            "orders": db.execute("SELECT count(*) FROM orders").fetchone()[0],
+            "sold": db.execute("SELECT count(*) FROM codes WHERE order_id IS NOT NULL").fetchone()[
+                0
+            ],
+        }
+
+
+def balance(database: str, account_id: int, currency: str) -> Decimal:
+    with sqlite3.connect(database) as db:
+        row = db.execute(
+            "SELECT amount_minor FROM balances WHERE account_id = ? AND currency = ?",
+            (account_id, currency),
+        ).fetchone()
+    digits = 0 if currency == "JPY" else 2
+    return Decimal(row[0]).scaleb(-digits)
+
+
+def assert_invariants(database: str) -> None:
+    """Money is conserved and no code is sold twice."""
+    with sqlite3.connect(database) as db:
+        mismatched = db.execute(
+            "SELECT b.account_id, b.currency FROM balances b"
+            " LEFT JOIN (SELECT account_id, currency, sum(amount_minor) AS total FROM ledger"
+            " GROUP BY 1, 2) l USING (account_id, currency)"
+            " WHERE b.amount_minor <> coalesce(l.total, 0)"
+        ).fetchall()
+        assert mismatched == [], f"balances differ from their ledger: {mismatched}"
+        negative = db.execute("SELECT count(*) FROM balances WHERE amount_minor < 0").fetchone()
+        assert negative == (0,)
+        unpaid = db.execute(
+            "SELECT count(*) FROM orders o WHERE NOT EXISTS"
+            " (SELECT 1 FROM ledger l WHERE l.order_id = o.id AND l.kind = 'ORDER'"
+            " AND l.amount_minor = -o.unit_price_minor)"
+        ).fetchone()
+        assert unpaid == (0,), "an order without its debit"
+        completed_without_code = db.execute(
+            "SELECT count(*) FROM orders o WHERE o.status = 'COMPLETED'"
+            " AND NOT EXISTS (SELECT 1 FROM codes c WHERE c.order_id = o.id)"
+        ).fetchone()
+        assert completed_without_code == (0,)

@@ -156,7 +156,7 @@ def _code(item: Any, where: str) -> NewCode:
     return NewCode(
         sku=_text(fields, "sku", where),
         redeem_code=_text(fields, "redeemCode", where),
-        pin_code=_optional_text(fields, "pinCode", where) or None,
+        pin_code=_optional_text(fields, "pinCode", where),
     )
 
 
@@ -203,7 +203,8 @@ def _text(fields: Mapping[str, Any], key: str, where: str) -> str:
 
 
 def _optional_text(fields: Mapping[str, Any], key: str, where: str) -> str | None:
-    return None if fields.get(key) is None else _text(fields, key, where)
+    """Absent, null or "" (an empty CSV cell) all mean no value."""
+    return None if fields.get(key) in (None, "") else _text(fields, key, where)
 
 
 def _texts(fields: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:

@@ -29,6 +29,9 @@ class Code(enum.Enum):
 class ErrorSpec:
     code: Code
     template: str
+    #: An error of the OAuth 2.0 token endpoint (RFC 6749 section 5.2). Also
+    #: keeps invalid_request from being an alias of INVALID_REQUEST.
+    oauth2: bool = False
 
 
 class Reason(enum.Enum):
@@ -54,10 +57,10 @@ class Reason(enum.Enum):
         "An order with clientOrderNumber {clientOrderNumber} exists already: {transactionId}.",
     )
     INTERNAL = ErrorSpec(Code.INTERNAL, "Internal error. Quote the requestId when you report it.")
-    invalid_request = ErrorSpec(Code.INVALID_ARGUMENT, "{detail}")
-    invalid_client = ErrorSpec(Code.UNAUTHENTICATED, "Client authentication failed.")
+    invalid_request = ErrorSpec(Code.INVALID_ARGUMENT, "{detail}", oauth2=True)
+    invalid_client = ErrorSpec(Code.UNAUTHENTICATED, "Client authentication failed.", oauth2=True)
     unsupported_grant_type = ErrorSpec(
-        Code.INVALID_ARGUMENT, "grant_type must be client_credentials."
+        Code.INVALID_ARGUMENT, "grant_type must be client_credentials.", oauth2=True
     )
 
     @property

@@ -1,0 +1,190 @@
+"""`instant-orders admin`: loading data, adding codes, top-ups and rates, all or nothing."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import timedelta
+
+from server.domain.service import InstantOrdersService
+from server.store.sqlite import SqliteStore
+from tests.conftest import DATASET
+from tests.helpers import assert_invariants
+from tests.processes import run_cli
+
+
+def write(tmp_path, name: str, content: str) -> str:
+    path = tmp_path / name
+    path.write_text(content)
+    return str(path)
+
+
+def count(database: str, table: str) -> int:
+    with sqlite3.connect(database) as db:
+        return db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def load(tmp_path, database: str, document) -> dict:
+    result = run_cli(
+        "admin", "--database", database, "load", write(tmp_path, "d.json", json.dumps(document))
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+async def test_load_creates_accounts_whose_secret_gets_a_token(tmp_path, database):
+    output = load(tmp_path, database, DATASET)
+
+    names = [account["name"] for account in output["accounts"]]
+    assert names == ["acme", "globex"]
+    acme = output["accounts"][0]
+    assert acme["apiKey"].startswith("ak_") and acme["apiSecret"].startswith("sk_")
+    store = await SqliteStore.open(database)
+    try:
+        service = await InstantOrdersService.open(store, timedelta(minutes=5))
+        token = await service.issue_token("client_credentials", acme["apiKey"], acme["apiSecret"])
+        assert token.access_token
+    finally:
+        await store.close()
+    with sqlite3.connect(database) as db:
+        stored = db.execute("SELECT secret_hash FROM api_keys").fetchall()
+    assert all(acme["apiSecret"] not in row[0] for row in stored)
+    assert count(database, "codes") == 3
+    assert_invariants(database)
+
+
+def test_load_with_an_error_applies_nothing(tmp_path, database):
+    document = {**DATASET, "codes": [*DATASET["codes"], {"sku": "UNKNOWN", "redeemCode": "X"}]}
+
+    result = run_cli(
+        "admin", "--database", database, "load", write(tmp_path, "d.json", json.dumps(document))
+    )
+
+    assert result.returncode == 1
+    assert "UNKNOWN" in result.stderr
+    assert "Traceback" not in result.stderr
+    for table in ("accounts", "products", "codes", "rates", "ledger"):
+        assert count(database, table) == 0
+
+
+def test_load_refuses_an_existing_account_name(tmp_path, database):
+    load(tmp_path, database, DATASET)
+    result = run_cli(
+        "admin",
+        "--database",
+        database,
+        "load",
+        write(tmp_path, "again.json", json.dumps({"accounts": [{"name": "acme"}]})),
+    )
+    assert result.returncode == 1
+    assert "acme" in result.stderr
+    assert count(database, "accounts") == 2
+
+
+def test_load_refuses_unknown_fields_and_bad_amounts(tmp_path, database):
+    for document in (
+        {"products": [{**DATASET["products"][0], "prize": "1.00"}]},
+        {"accounts": [{"name": "x", "balances": {"USD": "1.005"}}]},
+        {"accounts": [{"name": "x", "balances": {"USD": 10.5}}]},
+        {"rates": [{"pair": "EURUSD", "rate": "1.1"}]},
+    ):
+        result = run_cli(
+            "admin", "--database", database, "load", write(tmp_path, "d.json", json.dumps(document))
+        )
+        assert result.returncode == 1, document
+        assert result.stderr.strip()
+    assert count(database, "accounts") == 0
+
+
+def test_add_codes_from_csv(tmp_path, database):
+    load(tmp_path, database, DATASET)
+    csv_file = write(tmp_path, "codes.csv", "redeemCode,pinCode\nNEW-1,0001\nNEW-2,\n")
+
+    result = run_cli(
+        "admin", "--database", database, "add-codes", "--sku", "TTR-WI-YWN", "--file", csv_file
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"added": 2}
+    with sqlite3.connect(database) as db:
+        pins = dict(
+            db.execute("SELECT redeem_code, pin_code FROM codes WHERE redeem_code LIKE 'NEW-%'")
+        )
+    assert pins == {"NEW-1": "0001", "NEW-2": None}
+    again = run_cli(
+        "admin", "--database", database, "add-codes", "--sku", "TTR-WI-YWN", "--file", csv_file
+    )
+    assert again.returncode == 1, "a code loaded twice could be sold twice"
+
+
+def test_top_up_writes_a_ledger_row(tmp_path, database):
+    output = load(tmp_path, database, DATASET)
+    acme_id = str(output["accounts"][0]["accountId"])
+
+    result = run_cli(
+        "admin",
+        "--database",
+        database,
+        "top-up",
+        "--account",
+        acme_id,
+        "--currency",
+        "EUR",
+        "--amount",
+        "25.50",
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["balance"] == "25.50"
+    assert_invariants(database)
+    bad = run_cli(
+        "admin",
+        "--database",
+        database,
+        "top-up",
+        "--account",
+        acme_id,
+        "--currency",
+        "EUR",
+        "--amount",
+        "-5",
+    )
+    assert bad.returncode == 1
+    missing = run_cli(
+        "admin",
+        "--database",
+        database,
+        "top-up",
+        "--account",
+        "999",
+        "--currency",
+        "EUR",
+        "--amount",
+        "5",
+    )
+    assert missing.returncode == 1
+
+
+def test_set_rate(tmp_path, database):
+    load(tmp_path, database, DATASET)
+
+    result = run_cli(
+        "admin",
+        "--database",
+        database,
+        "set-rate",
+        "--pair",
+        "EUR/USD",
+        "--rate",
+        "1.2000",
+        "--as-of",
+        "2025-11-01",
+    )
+
+    assert result.returncode == 0, result.stderr
+    with sqlite3.connect(database) as db:
+        assert db.execute(
+            "SELECT rate, as_of FROM rates WHERE base = 'EUR' AND quote = 'USD'"
+        ).fetchone() == ("1.2000", "2025-11-01")
+    bad = run_cli("admin", "--database", database, "set-rate", "--pair", "EUR/EUR", "--rate", "1")
+    assert bad.returncode == 1

@@ -1,0 +1,146 @@
+"""The real `instant-orders` processes: the demo's curl session, and a graceful stop on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sqlite3
+import subprocess
+
+import aiohttp
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server.demo import SESSION_MARKER
+from tests.conftest import DATASET
+from tests.processes import eventually, run_cli, start, stop, unused_port
+
+
+async def healthy(url: str) -> bool:
+    try:
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            return response.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
+def read_session(process: subprocess.Popen[str]) -> str:
+    """The demo's printed lines from the session marker to its last line."""
+    assert process.stdout is not None
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("# Stop the server"):
+            break
+    text = "".join(lines)
+    assert SESSION_MARKER in text, text
+    return text[text.index(SESSION_MARKER) :]
+
+
+async def test_demo_prints_a_curl_session_that_works(tmp_path):
+    http_port, grpc_port = unused_port(), unused_port()
+    process = start(
+        "demo",
+        "--database", str(tmp_path / "demo.db"),
+        "--http-listen", f"127.0.0.1:{http_port}",
+        "--grpc-listen", f"127.0.0.1:{grpc_port}",
+    )  # fmt: skip
+    try:
+        session = await asyncio.wait_for(asyncio.to_thread(read_session, process), timeout=30)
+        result = await asyncio.to_thread(
+            subprocess.run, ["bash", "-euo", "pipefail"], input=session, capture_output=True,
+            text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        assert stop(process) == 0
+    assert result.returncode == 0, result.stderr
+    order, polled, codes, balances = [json.loads(line) for line in result.stdout.splitlines()]
+    assert order["data"]["status"] == "COMPLETED"
+    assert order["data"]["grandTotal"] == {"amount": "11.48", "currency": "USD"}
+    assert polled["data"]["items"][0]["transactionId"] == order["data"]["transactionId"]
+    assert codes["data"][0]["codes"][0]["redeemCode"]
+    assert balances["data"] == [{"balance": "988.52", "currency": "USD"}]
+
+
+async def test_sigterm_finishes_requests_in_flight_and_exits_cleanly(tmp_path):
+    database = str(tmp_path / "orders.db")
+    loaded = run_cli("admin", "--database", database, "load", _dataset_file(tmp_path))
+    acme = json.loads(loaded.stdout)["accounts"][0]
+    http_port, grpc_port = unused_port(), unused_port()
+    process = start(
+        "serve", "--database", database,
+        "--http-listen", f"127.0.0.1:{http_port}", "--grpc-listen", f"127.0.0.1:{grpc_port}",
+    )  # fmt: skip
+    api = f"http://127.0.0.1:{http_port}"
+    try:
+        await eventually(lambda: healthy(f"{api}/healthz"))
+        async with aiohttp.ClientSession() as session:
+            headers = await _auth_headers(session, api, acme)
+            orders = [
+                asyncio.create_task(_order(session, api, headers, f"po-{n}")) for n in range(100)
+            ]
+            # Signal once the server is busy answering: the rest are in flight.
+            first_done = next(asyncio.as_completed(orders))
+            await first_done
+            process.send_signal(signal.SIGTERM)
+            outcomes = await asyncio.gather(*orders, return_exceptions=True)
+        answered = [o for o in outcomes if not isinstance(o, BaseException)]
+        refused = [o for o in outcomes if isinstance(o, aiohttp.ClientConnectionError)]
+        assert len(answered) + len(refused) == len(outcomes), outcomes
+        assert all(status == 200 for status, _ in answered), answered
+        assert len(answered) >= 2
+        exit_code = await asyncio.to_thread(process.wait, 20)
+    finally:
+        stop(process)
+    assert exit_code == 0
+    assert "Traceback" not in process.stderr.read()
+    with sqlite3.connect(database) as db:
+        stored = {number for (number,) in db.execute("SELECT client_order_number FROM orders")}
+    assert {number for _, number in answered} <= stored, "an acknowledged order was lost"
+
+
+async def test_sigterm_turns_health_not_serving_before_stopping(tmp_path):
+    grpc_port = unused_port()
+    process = start(
+        "server", "--database", str(tmp_path / "o.db"), "--grpc-listen", f"127.0.0.1:{grpc_port}"
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            await asyncio.wait_for(channel.channel_ready(), timeout=20)
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+            statuses = []
+            async for answer in watch:
+                statuses.append(answer.status)
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    process.send_signal(signal.SIGTERM)
+                if answer.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                    break
+        assert statuses[-1] == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert await asyncio.to_thread(process.wait, 20) == 0
+    finally:
+        stop(process)
+
+
+async def _order(session, api: str, headers: dict, number: str) -> tuple[int, str]:
+    body = {"sku": "8PX-UF-Y5U", "clientOrderNumber": number}
+    async with session.post(f"{api}/v2/orders/instant", json=body, headers=headers) as response:
+        return response.status, number
+
+
+def _dataset_file(tmp_path) -> str:
+    path = tmp_path / "dataset.json"
+    dataset = {**DATASET, "accounts": [{"name": "acme", "balances": {"USD": "1000.00"}}]}
+    path.write_text(json.dumps(dataset))
+    return str(path)
+
+
+async def _auth_headers(session: aiohttp.ClientSession, api: str, account: dict) -> dict:
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": account["apiKey"],
+        "client_secret": account["apiSecret"],
+    }
+    async with session.post(f"{api}/v2/auth/token", data=form) as response:
+        token = (await response.json())["access_token"]
+    return {"x-api-key": account["apiKey"], "Authorization": f"Bearer {token}"}

@@ -30,8 +30,6 @@ def request_message(
 ) -> Message:
     """The RPC's request from the route's path variables, query string and body."""
     fields: dict[str, Any] = dict(body or {})
-    if route.body != "*" and body:
-        raise GatewayError(400, "This route takes no request body.")
     fields.update(_query_fields(route, query))
     for name in route.path_fields:
         json_name = route.request_message.fields_by_name[name].json_name

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -17,7 +16,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from server import demo
+from server import demo, logs
 from server.domain import admin
 from server.domain.ports import DataConflict
 from server.domain.service import utc_now
@@ -33,11 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = _settings(args)
     except ValueError as error:
         parser.error(str(error))
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(settings.log_level)
     try:
         result: int = args.run(args, settings)
     except (admin.InvalidInput, DataConflict, SchemaTooNew, OSError) as error:

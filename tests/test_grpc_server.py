@@ -55,3 +55,17 @@ def test_error_reasons_are_distinct_and_upper_snake_or_rfc6749():
             assert reason.name.islower()
         else:
             assert reason.name.isupper()
+
+
+async def test_an_internal_failure_is_answered_without_details(api, accounts, database, caplog):
+    import sqlite3
+
+    with sqlite3.connect(database) as db:
+        db.execute("DROP TABLE rates")  # a real fault inside the store, not a mock
+
+    reply = await api.call("GetExchangeRates", {}, accounts["acme"])
+
+    error = reply.expect_error("INTERNAL", 500)
+    text = str(error).lower()
+    assert "rates" not in text and "sqlite" not in text and "traceback" not in text
+    assert "no such table" in caplog.text  # the operator still sees it in the log

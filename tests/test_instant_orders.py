@@ -119,6 +119,8 @@ async def test_transaction_id_is_unguessable_and_created_at_is_rfc3339_utc(api, 
         ({"sku": "8PX-UF-Y5U", "payWithCurrency": "EUR"}, "UNSUPPORTED_CURRENCY", 422),
         ({"sku": "8PX-UF-Y5U", "payWithCurrency": "usd"}, "UNSUPPORTED_CURRENCY", 422),
         ({"sku": "8PX-UF-Y5U", "payWithCurrency": "XYZ"}, "UNSUPPORTED_CURRENCY", 422),
+        ({"sku": "8PX-UF-Y5U", "payWithCurrency": "USDX"}, "UNSUPPORTED_CURRENCY", 422),
+        ({"sku": "8PX-UF-Y5U", "payWithCurrency": "U" * 1000}, "INVALID_REQUEST", 400),
         # no JPY/USD rate
         ({"sku": "JPY-NT-1000", "payWithCurrency": "USD"}, "UNSUPPORTED_CURRENCY", 422),
         ({"sku": "x" * 65}, "INVALID_REQUEST", 400),

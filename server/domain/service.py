@@ -34,6 +34,7 @@ from server.domain.ports import Store
 MAX_SKU_LENGTH = 64
 MAX_CLIENT_ORDER_NUMBER_LENGTH = 128
 MAX_TRANSACTION_ID_LENGTH = 64
+MAX_CURRENCY_LENGTH = 16
 ORDERS_PAGE = (10, 100)  # (default, maximum) page size
 PRODUCTS_PAGE = (1000, 1000)
 
@@ -108,7 +109,9 @@ class InstantOrdersService:
     async def create_instant_order(self, caller: Caller, request: InstantOrderRequest) -> Order:
         check_text("sku", request.sku, MAX_SKU_LENGTH, required=True)
         check_text("clientOrderNumber", request.client_order_number, MAX_CLIENT_ORDER_NUMBER_LENGTH)
-        check_text("payWithCurrency", request.pay_with_currency, 3)
+        # Any printable code of sane length reaches the currency rules, which
+        # answer UNSUPPORTED_CURRENCY for one that is not ISO 4217.
+        check_text("payWithCurrency", request.pay_with_currency, MAX_CURRENCY_LENGTH)
         return await self._store.place_instant_order(
             caller.account_id,
             request,

@@ -78,7 +78,10 @@ async def start_server(service: InstantOrdersService, listen: str) -> RunningSer
     reflection.enable_server_reflection(
         [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(listen)
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError as error:  # grpc's way of saying the address is taken or invalid
+        raise OSError(f"cannot listen for gRPC on {listen}: {error}") from None
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

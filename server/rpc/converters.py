@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from instantorders.v2 import (
@@ -87,13 +88,19 @@ def order(value: Order) -> orders_pb2.Order:
     return message
 
 
+def page_fields(page: Page[Any]) -> dict[str, int]:
+    """The pagination fields every list response shares."""
+    return {
+        "total": page.total,
+        "page": page.page,
+        "page_size": page.page_size,
+        "total_page": page.total_pages,
+    }
+
+
 def orders_page(page: Page[Order]) -> orders_pb2.ListOrdersResponse:
     return orders_pb2.ListOrdersResponse(
-        total=page.total,
-        page=page.page,
-        page_size=page.page_size,
-        total_page=page.total_pages,
-        items=[order(item) for item in page.items],
+        **page_fields(page), items=[order(item) for item in page.items]
     )
 
 
@@ -142,11 +149,7 @@ def product(value: Product) -> catalog_pb2.Product:
 
 def products_page(page: Page[Product]) -> catalog_pb2.ListProductsResponse:
     return catalog_pb2.ListProductsResponse(
-        total=page.total,
-        page=page.page,
-        page_size=page.page_size,
-        total_page=page.total_pages,
-        items=[product(item) for item in page.items],
+        **page_fields(page), items=[product(item) for item in page.items]
     )
 
 

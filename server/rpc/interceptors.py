@@ -20,6 +20,7 @@ from grpc_status import rpc_status
 
 from server.domain.errors import ApiError, Reason
 from server.domain.models import Caller
+from server.logs import REQUEST_ID
 
 #: ErrorInfo.domain of every error this service raises.
 ERROR_DOMAIN = "instantorders.v2"
@@ -31,7 +32,6 @@ Context: TypeAlias = Any
 Behavior = Callable[[Any, Context], Awaitable[Any]]
 Around = Callable[[Behavior, Any, Context], Awaitable[Any]]
 
-REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _CALLER: contextvars.ContextVar[Caller] = contextvars.ContextVar("caller")
 
 log = logging.getLogger(__name__)

@@ -168,6 +168,8 @@ def _error_response(request: web.Request, reply: errors.ErrorReply) -> web.Respo
     headers = {}
     if reply.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="instant-orders"'
+    elif reply.status == 503:
+        headers["Retry-After"] = "1"
     return _json(reply.status, reply.body(request[REQUEST_ID]), headers)
 
 

@@ -122,14 +122,14 @@ def _parameters(route: Route, schemas: dict[str, Any]) -> list[dict[str, Any]]:
         }
         for name in route.path_fields
     ]
-    for name in route.query_fields():
+    for json_name, field in route.query_fields.items():
         parameter: dict[str, Any] = {
-            "name": fields[name].json_name,
+            "name": json_name,
             "in": "query",
             "required": False,
-            "schema": _field_schema(fields[name], schemas, request=True),
+            "schema": _field_schema(field, schemas, request=True),
         }
-        if fields[name].is_repeated:
+        if field.is_repeated:
             parameter.update(style="form", explode=False)
         parameters.append(parameter)
     return parameters

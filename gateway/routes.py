@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from types import ModuleType
 
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import message_factory
-from google.protobuf.descriptor import Descriptor, MethodDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
 from instantorders.v2 import (
     auth_pb2,
@@ -52,7 +53,7 @@ class Route:
         """The gRPC method path: "/instantorders.v2.OrdersService/GetOrder"."""
         return f"/{self.rpc.containing_service.full_name}/{self.rpc.name}"
 
-    @property
+    @cached_property
     def oauth2_token_response(self) -> bool:
         options = self.rpc.GetOptions()
         return bool(options.Extensions[options_pb2.oauth2_token_response])
@@ -61,11 +62,15 @@ class Route:
     def request_message(self) -> Descriptor:
         return self.rpc.input_type
 
-    def query_fields(self) -> list[str]:
-        """Request fields taken from the query string: those neither in path nor body."""
+    @cached_property
+    def query_fields(self) -> dict[str, FieldDescriptor]:
+        """Request fields taken from the query string, by JSON name: those neither in
+        the path nor the body."""
         if self.body == "*":
-            return []
-        return [f.name for f in self.request_message.fields if f.name not in self.path_fields]
+            return {}
+        return {
+            f.json_name: f for f in self.request_message.fields if f.name not in self.path_fields
+        }
 
 
 def load_routes(modules: tuple[ModuleType, ...] = API_MODULES) -> list[Route]:

@@ -76,14 +76,9 @@ def response_json(route: Route, message: Message) -> Any:
 
 
 def _query_fields(route: Route, query: MultiMapping[str]) -> dict[str, Any]:
-    by_json_name = {
-        field.json_name: field
-        for field in route.request_message.fields
-        if field.name in route.query_fields()
-    }
     fields: dict[str, Any] = {}
     for key in set(query.keys()):
-        field = by_json_name.get(key)
+        field = route.query_fields.get(key)
         if field is None:
             raise GatewayError(400, f"Unknown query parameter {key!r}.", parameter=key)
         values = query.getall(key)

@@ -11,7 +11,7 @@ from typing import Any
 
 from server.domain.admin import CreatedAccount, load_dataset
 from server.domain.service import utc_now
-from server.runtime import serve
+from server.runtime import local_host, serve
 from server.settings import Settings
 from server.store.sqlite import SqliteStore
 
@@ -31,8 +31,8 @@ async def _run(settings: Settings, document: Any) -> None:
     account = await _load(settings.database, document)
 
     def print_session(ports: dict[str, int]) -> None:
-        print(curl_session(f"http://{_host(settings.http_listen)}:{ports['http']}", account))
-        print(f"# gRPC: grpcurl -plaintext {_host(settings.grpc_listen)}:{ports['grpc']} list")
+        print(curl_session(f"http://{local_host(settings.http_listen)}:{ports['http']}", account))
+        print(f"# gRPC: grpcurl -plaintext {local_host(settings.grpc_listen)}:{ports['grpc']} list")
         print("# Stop the server with Ctrl-C.", flush=True)
 
     await serve(settings, on_ready=print_session)
@@ -74,8 +74,3 @@ def curl_session(api: str, account: CreatedAccount) -> str:
             f'curl -s "$API/v2/balances" {auth}; echo',
         ]
     )
-
-
-def _host(listen: str) -> str:
-    host = listen.rpartition(":")[0]
-    return "127.0.0.1" if host in ("", "0.0.0.0", "[::]") else host  # noqa: S104

@@ -37,7 +37,7 @@ async def serve(
         if grpc:
             server = await stack.enter_async_context(_grpc_server(settings))
             ports["grpc"] = server.port
-            upstream = f"{_local_host(settings.grpc_listen)}:{server.port}"
+            upstream = f"{local_host(settings.grpc_listen)}:{server.port}"
             log.info("gRPC server listening on %s", _address(settings.grpc_listen, server.port))
         if gateway:
             http_port = await stack.enter_async_context(_gateway(settings, upstream))
@@ -88,7 +88,7 @@ def _stop_on_signals() -> asyncio.Event:
     return stop
 
 
-def _local_host(listen: str) -> str:
+def local_host(listen: str) -> str:
     """The host to reach a listener on from this machine."""
     host = listen.rpartition(":")[0]
     return "127.0.0.1" if host in ("", "0.0.0.0", "[::]") else host  # noqa: S104

@@ -113,5 +113,6 @@ async def test_unreachable_grpc_server_is_503_with_json_body(accounts):
         async with TestClient(TestServer(app)) as http:
             response = await http.get("/v2/balances", headers=accounts["acme"].headers())
             await assert_error(response, 503, "UNAVAILABLE")
+            assert response.headers["Retry-After"] == "1"
             health = await http.get("/healthz")
             assert health.status == 503

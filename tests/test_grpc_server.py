@@ -69,3 +69,28 @@ async def test_an_internal_failure_is_answered_without_details(api, accounts, da
     text = str(error).lower()
     assert "rates" not in text and "sqlite" not in text and "traceback" not in text
     assert "no such table" in caplog.text  # the operator still sees it in the log
+
+
+async def test_reflection_serves_every_file_grpcurl_needs(grpc_port):
+    """grpcurl builds the service's descriptors, dependencies included, from reflection."""
+    import asyncio
+
+    from google.protobuf.descriptor_pool import DescriptorPool
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    def describe() -> list[str]:
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as sync_channel:
+            pool = DescriptorPool(ProtoReflectionDescriptorDatabase(sync_channel))
+            service = pool.FindServiceByName("instantorders.v2.OrdersService")
+            method = service.methods_by_name["CreateInstantOrder"]
+            return [field.json_name for field in method.input_type.fields]
+
+    fields = await asyncio.to_thread(describe)
+    assert fields == [
+        "clientOrderNumber",
+        "enableClientOrderNumberDupCheck",
+        "sku",
+        "payWithCurrency",
+    ]

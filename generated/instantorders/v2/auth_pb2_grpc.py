@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class AuthServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Bearer tokens for API keys.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -42,7 +43,8 @@ class AuthServiceStub:
 
 
 class AuthServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Bearer tokens for API keys.
+    """
 
     def IssueToken(self, request, context):
         """Exchanges an API key and secret for a bearer token. The only call that
@@ -69,7 +71,8 @@ def add_AuthServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AuthService:
-    """Missing associated documentation comment in .proto file."""
+    """Bearer tokens for API keys.
+    """
 
     @staticmethod
     def IssueToken(request,

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class BalancesServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """The calling account's prepaid balances.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -42,7 +43,8 @@ class BalancesServiceStub:
 
 
 class BalancesServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """The calling account's prepaid balances.
+    """
 
     def GetBalances(self, request, context):
         """The calling account's prepaid balances, one per currency.
@@ -68,7 +70,8 @@ def add_BalancesServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class BalancesService:
-    """Missing associated documentation comment in .proto file."""
+    """The calling account's prepaid balances.
+    """
 
     @staticmethod
     def GetBalances(request,

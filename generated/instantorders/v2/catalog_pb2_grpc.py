@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class CatalogServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """The products on sale.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -42,7 +43,8 @@ class CatalogServiceStub:
 
 
 class CatalogServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """The products on sale.
+    """
 
     def ListProducts(self, request, context):
         """The products on sale, by SKU.
@@ -68,7 +70,8 @@ def add_CatalogServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class CatalogService:
-    """Missing associated documentation comment in .proto file."""
+    """The products on sale.
+    """
 
     @staticmethod
     def ListProducts(request,

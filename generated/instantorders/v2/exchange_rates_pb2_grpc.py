@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class ExchangeRatesServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """The rates that price orders settled in another currency.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -42,7 +43,8 @@ class ExchangeRatesServiceStub:
 
 
 class ExchangeRatesServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """The rates that price orders settled in another currency.
+    """
 
     def GetExchangeRates(self, request, context):
         """The rates used to settle orders in another currency than the product's.
@@ -68,7 +70,8 @@ def add_ExchangeRatesServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ExchangeRatesService:
-    """Missing associated documentation comment in .proto file."""
+    """The rates that price orders settled in another currency.
+    """
 
     @staticmethod
     def GetExchangeRates(request,

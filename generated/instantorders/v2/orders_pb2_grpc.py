@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class OrdersServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Instant orders: place them, poll them, fetch their codes.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -57,7 +58,8 @@ class OrdersServiceStub:
 
 
 class OrdersServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Instant orders: place them, poll them, fetch their codes.
+    """
 
     def CreateInstantOrder(self, request, context):
         """Places an order for one unit of one product, charges the account and
@@ -121,7 +123,8 @@ def add_OrdersServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class OrdersService:
-    """Missing associated documentation comment in .proto file."""
+    """Instant orders: place them, poll them, fetch their codes.
+    """
 
     @staticmethod
     def CreateInstantOrder(request,

@@ -13,6 +13,11 @@ from tests.helpers import assert_invariants
 from tests.processes import run_cli
 
 
+def admin(database: str, arguments: str):
+    """Runs `instant-orders admin --database DATABASE ARGUMENTS` (no spaces inside arguments)."""
+    return run_cli("admin", "--database", database, *arguments.split())
+
+
 def write(tmp_path, name: str, content: str) -> str:
     path = tmp_path / name
     path.write_text(content)
@@ -25,9 +30,7 @@ def count(database: str, table: str) -> int:
 
 
 def load(tmp_path, database: str, document) -> dict:
-    result = run_cli(
-        "admin", "--database", database, "load", write(tmp_path, "d.json", json.dumps(document))
-    )
+    result = admin(database, f"load {write(tmp_path, 'd.json', json.dumps(document))}")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -56,9 +59,7 @@ async def test_load_creates_accounts_whose_secret_gets_a_token(tmp_path, databas
 def test_load_with_an_error_applies_nothing(tmp_path, database):
     document = {**DATASET, "codes": [*DATASET["codes"], {"sku": "UNKNOWN", "redeemCode": "X"}]}
 
-    result = run_cli(
-        "admin", "--database", database, "load", write(tmp_path, "d.json", json.dumps(document))
-    )
+    result = admin(database, f"load {write(tmp_path, 'd.json', json.dumps(document))}")
 
     assert result.returncode == 1
     assert "UNKNOWN" in result.stderr
@@ -69,13 +70,10 @@ def test_load_with_an_error_applies_nothing(tmp_path, database):
 
 def test_load_refuses_an_existing_account_name(tmp_path, database):
     load(tmp_path, database, DATASET)
-    result = run_cli(
-        "admin",
-        "--database",
-        database,
-        "load",
-        write(tmp_path, "again.json", json.dumps({"accounts": [{"name": "acme"}]})),
-    )
+    again = write(tmp_path, "again.json", json.dumps({"accounts": [{"name": "acme"}]}))
+
+    result = admin(database, f"load {again}")
+
     assert result.returncode == 1
     assert "acme" in result.stderr
     assert count(database, "accounts") == 2
@@ -88,9 +86,7 @@ def test_load_refuses_unknown_fields_and_bad_amounts(tmp_path, database):
         {"accounts": [{"name": "x", "balances": {"USD": 10.5}}]},
         {"rates": [{"pair": "EURUSD", "rate": "1.1"}]},
     ):
-        result = run_cli(
-            "admin", "--database", database, "load", write(tmp_path, "d.json", json.dumps(document))
-        )
+        result = admin(database, f"load {write(tmp_path, 'd.json', json.dumps(document))}")
         assert result.returncode == 1, document
         assert result.stderr.strip()
     assert count(database, "accounts") == 0
@@ -100,9 +96,7 @@ def test_add_codes_from_csv(tmp_path, database):
     load(tmp_path, database, DATASET)
     csv_file = write(tmp_path, "codes.csv", "redeemCode,pinCode\nNEW-1,0001\nNEW-2,\n")
 
-    result = run_cli(
-        "admin", "--database", database, "add-codes", "--sku", "TTR-WI-YWN", "--file", csv_file
-    )
+    result = admin(database, f"add-codes --sku TTR-WI-YWN --file {csv_file}")
 
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"added": 2}
@@ -111,80 +105,31 @@ def test_add_codes_from_csv(tmp_path, database):
             db.execute("SELECT redeem_code, pin_code FROM codes WHERE redeem_code LIKE 'NEW-%'")
         )
     assert pins == {"NEW-1": "0001", "NEW-2": None}
-    again = run_cli(
-        "admin", "--database", database, "add-codes", "--sku", "TTR-WI-YWN", "--file", csv_file
-    )
+    again = admin(database, f"add-codes --sku TTR-WI-YWN --file {csv_file}")
     assert again.returncode == 1, "a code loaded twice could be sold twice"
 
 
 def test_top_up_writes_a_ledger_row(tmp_path, database):
-    output = load(tmp_path, database, DATASET)
-    acme_id = str(output["accounts"][0]["accountId"])
+    account_id = load(tmp_path, database, DATASET)["accounts"][0]["accountId"]
 
-    result = run_cli(
-        "admin",
-        "--database",
-        database,
-        "top-up",
-        "--account",
-        acme_id,
-        "--currency",
-        "EUR",
-        "--amount",
-        "25.50",
-    )
+    result = admin(database, f"top-up --account {account_id} --currency EUR --amount 25.50")
 
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["balance"] == "25.50"
     assert_invariants(database)
-    bad = run_cli(
-        "admin",
-        "--database",
-        database,
-        "top-up",
-        "--account",
-        acme_id,
-        "--currency",
-        "EUR",
-        "--amount",
-        "-5",
+    assert (
+        admin(database, f"top-up --account {account_id} --currency EUR --amount -5").returncode == 1
     )
-    assert bad.returncode == 1
-    missing = run_cli(
-        "admin",
-        "--database",
-        database,
-        "top-up",
-        "--account",
-        "999",
-        "--currency",
-        "EUR",
-        "--amount",
-        "5",
-    )
-    assert missing.returncode == 1
+    assert admin(database, "top-up --account 999 --currency EUR --amount 5").returncode == 1
 
 
 def test_set_rate(tmp_path, database):
     load(tmp_path, database, DATASET)
 
-    result = run_cli(
-        "admin",
-        "--database",
-        database,
-        "set-rate",
-        "--pair",
-        "EUR/USD",
-        "--rate",
-        "1.2000",
-        "--as-of",
-        "2025-11-01",
-    )
+    result = admin(database, "set-rate --pair EUR/USD --rate 1.2000 --as-of 2025-11-01")
 
     assert result.returncode == 0, result.stderr
     with sqlite3.connect(database) as db:
-        assert db.execute(
-            "SELECT rate, as_of FROM rates WHERE base = 'EUR' AND quote = 'USD'"
-        ).fetchone() == ("1.2000", "2025-11-01")
-    bad = run_cli("admin", "--database", database, "set-rate", "--pair", "EUR/EUR", "--rate", "1")
-    assert bad.returncode == 1
+        rate = db.execute("SELECT rate, as_of FROM rates WHERE base = 'EUR' AND quote = 'USD'")
+        assert rate.fetchone() == ("1.2000", "2025-11-01")
+    assert admin(database, "set-rate --pair EUR/EUR --rate 1").returncode == 1

@@ -125,9 +125,13 @@ def _guarded(request_id: str) -> Around:
 
 
 def _wrap(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMethodHandler:
+    """The handler with its unary behaviour run inside `around`.
+
+    Fails closed: a streaming method would otherwise slip past authentication.
+    """
     inner = handler.unary_unary
     if inner is None:
-        return handler
+        raise TypeError("only unary-unary methods are wrapped; add streaming before using it")
 
     async def behavior(request: Any, context: Context) -> Any:
         return await around(inner, request, context)

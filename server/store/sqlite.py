@@ -141,13 +141,14 @@ class SqliteStore:
     async def list_orders(
         self, account_id: int, order_filter: OrderFilter, page: int, page_size: int
     ) -> Page[Order]:
-        where, params = ["o.account_id = ?"], [account_id]
+        where: list[str] = ["o.account_id = ?"]
+        params: list[object] = [account_id]
         if order_filter.transaction_id:
             where.append("o.transaction_id = ?")
-            params.append(order_filter.transaction_id)  # type: ignore[arg-type]
+            params.append(order_filter.transaction_id)
         if order_filter.client_order_number:
             where.append("o.client_order_number = ?")
-            params.append(order_filter.client_order_number)  # type: ignore[arg-type]
+            params.append(order_filter.client_order_number)
         condition = " AND ".join(where)
 
         def work(db: sqlite3.Connection) -> Page[Order]:

@@ -102,9 +102,11 @@ async def test_sigterm_finishes_requests_in_flight_and_exits_cleanly(tmp_path):
 
 async def test_sigterm_turns_health_not_serving_before_stopping(tmp_path):
     grpc_port = unused_port()
-    process = start(
-        "server", "--database", str(tmp_path / "o.db"), "--grpc-listen", f"127.0.0.1:{grpc_port}"
-    )
+    settings = {  # the environment variables instead of flags
+        "INSTANT_ORDERS_DATABASE": str(tmp_path / "o.db"),
+        "INSTANT_ORDERS_GRPC_LISTEN": f"127.0.0.1:{grpc_port}",
+    }
+    process = start("server", env=settings)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
             await asyncio.wait_for(channel.channel_ready(), timeout=20)
@@ -118,6 +120,7 @@ async def test_sigterm_turns_health_not_serving_before_stopping(tmp_path):
                     break
         assert statuses[-1] == health_pb2.HealthCheckResponse.NOT_SERVING
         assert await asyncio.to_thread(process.wait, 20) == 0
+        assert (tmp_path / "o.db").exists()
     finally:
         stop(process)
 

@@ -156,8 +156,7 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        reason = errors.GATEWAY_REASONS.get(error.status, "INVALID_REQUEST")
-        return _error_response(request, errors.ErrorReply(error.status, reason, error.reason))
+        return _error_response(request, errors.GatewayError(error.status, error.reason).reply)
     except Exception:
         log.exception("gateway failure, requestId %s", request[REQUEST_ID])
         reply = errors.ErrorReply(500, "INTERNAL", errors.INTERNAL_MESSAGE)

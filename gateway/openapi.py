@@ -112,15 +112,14 @@ def _operation(route: Route, schemas: dict[str, Any]) -> dict[str, Any]:
 
 
 def _parameters(route: Route, schemas: dict[str, Any]) -> list[dict[str, Any]]:
-    fields = route.request_message.fields_by_name
     parameters = [
         {
-            "name": fields[name].json_name,
+            "name": json_name,
             "in": "path",
             "required": True,
-            "schema": _field_schema(fields[name], schemas, request=True),
+            "schema": _field_schema(field, schemas, request=True),
         }
-        for name in route.path_fields
+        for json_name, field in route.path_fields.items()
     ]
     for json_name, field in route.query_fields.items():
         parameter: dict[str, Any] = {

@@ -41,7 +41,7 @@ _HTTP_METHODS = ("get", "put", "post", "delete", "patch")
 class Route:
     http_method: str  # "GET", "POST", ...
     path: str  # "/v2/orders/{transactionId}": variables by JSON name, as aiohttp and OpenAPI
-    path_fields: tuple[str, ...]  # the fields the path sets, by proto name
+    path_fields: dict[str, FieldDescriptor]  # the fields the path sets, by JSON name
     body: str  # "*": the whole request message comes from the JSON body; "": none
     response_body: str  # "": the whole response message is `data`
     rpc: MethodDescriptor
@@ -69,7 +69,9 @@ class Route:
         if self.body == "*":
             return {}
         return {
-            f.json_name: f for f in self.request_message.fields if f.name not in self.path_fields
+            f.json_name: f
+            for f in self.request_message.fields
+            if f.json_name not in self.path_fields
         }
 
 
@@ -91,21 +93,20 @@ def _route(method: MethodDescriptor, rule: http_pb2.HttpRule) -> Route:
     if verb not in _HTTP_METHODS:
         raise ValueError(f"{method.full_name}: unsupported HTTP pattern {verb!r}")
     path = getattr(rule, verb)
-    path_fields = tuple(_VARIABLE.findall(path))
     if _VARIABLE.sub("", path).count("{"):
         raise ValueError(f"{method.full_name}: only {{field}} path variables are supported")
     if method.client_streaming or method.server_streaming:
         raise ValueError(f"{method.full_name}: streaming RPCs have no REST route yet")
-    for name in path_fields:
-        if name not in method.input_type.fields_by_name:
+    fields = method.input_type.fields_by_name
+    for name in _VARIABLE.findall(path):
+        if name not in fields:
             raise ValueError(f"{method.full_name}: path names unknown field {name!r}")
     if rule.body not in ("", "*"):
         raise ValueError(f"{method.full_name}: body must be '*' or empty")
-    json_names = {f.name: f.json_name for f in method.input_type.fields}
     return Route(
         http_method=verb.upper(),
-        path=_VARIABLE.sub(lambda match: "{" + json_names[match[1]] + "}", path),
-        path_fields=path_fields,
+        path=_VARIABLE.sub(lambda match: "{" + fields[match[1]].json_name + "}", path),
+        path_fields={fields[name].json_name: fields[name] for name in _VARIABLE.findall(path)},
         body=rule.body,
         response_body=rule.response_body,
         rpc=method,

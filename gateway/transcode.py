@@ -31,8 +31,7 @@ def request_message(
     """The RPC's request from the route's path variables, query string and body."""
     fields: dict[str, Any] = dict(body or {})
     fields.update(_query_fields(route, query))
-    for name in route.path_fields:
-        json_name = route.request_message.fields_by_name[name].json_name
+    for json_name in route.path_fields:
         fields[json_name] = path_params[json_name]
     message = route.request_type()
     try:
@@ -82,17 +81,13 @@ def _query_fields(route: Route, query: MultiMapping[str]) -> dict[str, Any]:
         if field is None:
             raise GatewayError(400, f"Unknown query parameter {key!r}.", parameter=key)
         values = query.getall(key)
-        if _is_repeated(field):
+        if field.is_repeated:
             fields[key] = [item for value in values for item in value.split(",") if item]
         elif len(values) > 1:
             raise GatewayError(400, f"Query parameter {key!r} is given more than once.")
         else:
             fields[key] = values[0]
     return fields
-
-
-def _is_repeated(field: FieldDescriptor) -> bool:
-    return field.is_repeated
 
 
 @cache

@@ -76,8 +76,7 @@ class RestApi:
         route = ROUTES[rpc]
         fields = dict(fields or {})
         path = route.path
-        for name in route.path_fields:
-            json_name = route.request_message.fields_by_name[name].json_name
+        for json_name in route.path_fields:
             path = path.replace("{" + json_name + "}", str(fields.pop(json_name)))
         headers = account.headers() if account else {}
         if route.body == "*":

@@ -7,6 +7,7 @@ rules live here, and race-freedom lives in the store.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from server.domain.errors import ApiError, Reason
@@ -22,8 +23,9 @@ class OrderFacts:
     #: The account's balances by currency; a currency is "in the balances"
     #: when the account has a balance in it, even a zero one.
     balances: dict[str, Money]
-    #: Rates whose base is the product's currency, by quote currency.
-    rates_from_product_currency: dict[str, ExchangeRate]
+    #: The rate of a pair (base, quote), or None; read only when an order
+    #: settles in another currency, so same-currency orders cost no rate lookup.
+    rate: Callable[[str, str], ExchangeRate | None]
     #: transactionId of an existing order with the same clientOrderNumber, if
     #: the request asked for the duplicate check and there is one.
     duplicate_of: str | None
@@ -56,7 +58,7 @@ def decide_instant_order(request: InstantOrderRequest, facts: OrderFacts) -> Ord
     if not product.instant_delivery_supported:
         raise ApiError(Reason.INSTANT_DELIVERY_NOT_SUPPORTED, sku=product.sku)
     pay_currency = settlement_currency(request.pay_with_currency, product, facts.balances)
-    plan = price_in(pay_currency, product, facts.rates_from_product_currency)
+    plan = price_in(pay_currency, product, facts.rate)
     if facts.balances[pay_currency].amount < plan.unit_price.amount:
         raise ApiError(
             Reason.INSUFFICIENT_BALANCE,
@@ -82,11 +84,13 @@ def settlement_currency(requested: str, product: Product, balances: dict[str, Mo
     raise ApiError(Reason.UNSUPPORTED_CURRENCY)
 
 
-def price_in(currency: str, product: Product, rates: dict[str, ExchangeRate]) -> OrderPlan:
+def price_in(
+    currency: str, product: Product, rate_of: Callable[[str, str], ExchangeRate | None]
+) -> OrderPlan:
     """The product's unit price in `currency`, converted at the PRODUCT/PAY rate if needed."""
     if currency == product.currency:
         return OrderPlan(unit_price=product.price, unit_price_original=product.price, fx=None)
-    rate = rates.get(currency)
+    rate = rate_of(product.currency, currency)
     if rate is None:
         raise ApiError(Reason.UNSUPPORTED_CURRENCY)
     return OrderPlan(

@@ -27,15 +27,22 @@ from server.rpc.interceptors import AuthInterceptor, ErrorInterceptor
 #: Every request of this API is small; refuse large ones before parsing them.
 MAX_MESSAGE_BYTES = 64 * 1024
 
+#: Each service: its proto module, its name, how to register it, its servicer.
+_SERVICES = (
+    (orders_pb2, "OrdersService", orders_pb2_grpc.add_OrdersServiceServicer_to_server,
+     servicers.OrdersServicer),
+    (catalog_pb2, "CatalogService", catalog_pb2_grpc.add_CatalogServiceServicer_to_server,
+     servicers.CatalogServicer),
+    (balances_pb2, "BalancesService", balances_pb2_grpc.add_BalancesServiceServicer_to_server,
+     servicers.BalancesServicer),
+    (exchange_rates_pb2, "ExchangeRatesService",
+     exchange_rates_pb2_grpc.add_ExchangeRatesServiceServicer_to_server,
+     servicers.ExchangeRatesServicer),
+    (auth_pb2, "AuthService", auth_pb2_grpc.add_AuthServiceServicer_to_server,
+     servicers.AuthServicer),
+)  # fmt: skip
 SERVICE_NAMES = [
-    module.DESCRIPTOR.services_by_name[name].full_name
-    for module, name in (
-        (orders_pb2, "OrdersService"),
-        (catalog_pb2, "CatalogService"),
-        (balances_pb2, "BalancesService"),
-        (exchange_rates_pb2, "ExchangeRatesService"),
-        (auth_pb2, "AuthService"),
-    )
+    module.DESCRIPTOR.services_by_name[name].full_name for module, name, *_ in _SERVICES
 ]
 _ISSUE_TOKEN = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].methods_by_name["IssueToken"]
 PUBLIC_METHODS = {f"/{_ISSUE_TOKEN.containing_service.full_name}/{_ISSUE_TOKEN.name}"}
@@ -62,17 +69,8 @@ async def start_server(service: InstantOrdersService, listen: str) -> RunningSer
             ("grpc.so_reuseport", 0),
         ],
     )
-    orders_pb2_grpc.add_OrdersServiceServicer_to_server(servicers.OrdersServicer(service), server)
-    catalog_pb2_grpc.add_CatalogServiceServicer_to_server(
-        servicers.CatalogServicer(service), server
-    )
-    balances_pb2_grpc.add_BalancesServiceServicer_to_server(
-        servicers.BalancesServicer(service), server
-    )
-    exchange_rates_pb2_grpc.add_ExchangeRatesServiceServicer_to_server(
-        servicers.ExchangeRatesServicer(service), server
-    )
-    auth_pb2_grpc.add_AuthServiceServicer_to_server(servicers.AuthServicer(service), server)
+    for _, _, register, servicer in _SERVICES:
+        register(servicer(service), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -100,7 +100,7 @@ class SqliteStore:
             facts = OrderFacts(
                 product=product,
                 balances=_balances(db, account_id),
-                rates_from_product_currency=_rates_from(db, product.currency) if product else {},
+                rate=lambda base, quote: _rate_of(db, base, quote),
                 duplicate_of=_duplicate_of(db, account_id, request),
             )
             plan = decide(facts)
@@ -328,11 +328,12 @@ def _balances(db: sqlite3.Connection, account_id: int) -> dict[str, Money]:
     return {currency: Money.from_minor(minor, currency) for currency, minor in rows}
 
 
-def _rates_from(db: sqlite3.Connection, base: str) -> dict[str, ExchangeRate]:
-    rows = db.execute(
-        "SELECT base, quote, rate, as_of, updated_at_us FROM rates WHERE base = ?", (base,)
-    )
-    return {row[1]: _rate(row) for row in rows}
+def _rate_of(db: sqlite3.Connection, base: str, quote: str) -> ExchangeRate | None:
+    row = db.execute(
+        "SELECT base, quote, rate, as_of, updated_at_us FROM rates WHERE base = ? AND quote = ?",
+        (base, quote),
+    ).fetchone()
+    return None if row is None else _rate(row)
 
 
 def _duplicate_of(
@@ -472,10 +473,10 @@ def _upsert_product(db: sqlite3.Connection, product: Product) -> None:
 
 
 def _insert_codes(db: sqlite3.Connection, codes: Sequence[NewCode], at: int) -> int:
-    known = {sku for (sku,) in db.execute("SELECT sku FROM products")}
+    for sku in sorted({code.sku for code in codes}):
+        if db.execute("SELECT 1 FROM products WHERE sku = ?", (sku,)).fetchone() is None:
+            raise DataConflict(f"no product has SKU {sku!r}")
     for code in codes:
-        if code.sku not in known:
-            raise DataConflict(f"no product has SKU {code.sku!r}")
         try:
             db.execute(
                 "INSERT INTO codes (sku, redeem_code, pin_code, added_at_us) VALUES (?, ?, ?, ?)",

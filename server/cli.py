@@ -20,7 +20,7 @@ from server import demo, logs
 from server.domain import admin
 from server.domain.ports import DataConflict
 from server.domain.service import utc_now
-from server.runtime import serve
+from server.runtime import serve, work
 from server.settings import ENVIRONMENT, Settings
 from server.store.sqlite import SchemaTooNew, SqliteStore
 
@@ -46,12 +46,16 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     both = commands.add_parser("serve", help="run the gRPC server and the REST gateway")
-    _serving_options(both, "database", "grpc_listen", "http_listen")
+    _serving_options(both, "database", "grpc_listen", "http_listen", "fulfillment_timeout_seconds")
     both.set_defaults(run=lambda args, s: _serve(s, grpc=True, gateway=True))
 
     grpc_only = commands.add_parser("server", help="run the gRPC server alone")
-    _serving_options(grpc_only, "database", "grpc_listen")
+    _serving_options(grpc_only, "database", "grpc_listen", "fulfillment_timeout_seconds")
     grpc_only.set_defaults(run=lambda args, s: _serve(s, grpc=True, gateway=False))
+
+    worker = commands.add_parser("worker", help="run the fulfiller alone (the server runs one too)")
+    _serving_options(worker, "database", "fulfillment_timeout_seconds")
+    worker.set_defaults(run=lambda args, s: _work(s))
 
     gateway = commands.add_parser("gateway", help="run the REST gateway alone")
     _serving_options(gateway, "upstream", "http_listen")
@@ -74,11 +78,14 @@ def _serving_options(parser: argparse.ArgumentParser, *names: str) -> None:
         "grpc_listen": "HOST:PORT of the gRPC server",
         "http_listen": "HOST:PORT of the REST gateway",
         "upstream": "HOST:PORT of the gRPC server the gateway calls",
+        "fulfillment_timeout_seconds": "SECONDS a PROCESSING order may wait for a code before "
+        "it is cancelled and refunded (default 86400)",
     }
     for name in names:
         parser.add_argument(
-            "--" + name.replace("_", "-"),
+            "--" + name.removesuffix("_seconds").replace("_", "-"),
             dest=name,
+            metavar="SECONDS" if name.endswith("_seconds") else None,
             help=f"{helps[name]} (env {ENVIRONMENT[name]})",
         )
 
@@ -128,6 +135,11 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _serve(settings: Settings, *, grpc: bool, gateway: bool) -> int:
     asyncio.run(serve(settings, grpc=grpc, gateway=gateway))
+    return 0
+
+
+def _work(settings: Settings) -> int:
+    asyncio.run(work(settings))
     return 0
 
 

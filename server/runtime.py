@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 from gateway.app import GatewaySettings, start_gateway
-from server.domain.service import InstantOrdersService
+from server.domain.fulfillment import Fulfiller, InventorySource
+from server.domain.service import InstantOrdersService, utc_now
 from server.rpc.app import RunningServer, start_server
 from server.settings import Settings
 from server.store.sqlite import SqliteStore
@@ -50,18 +52,56 @@ async def serve(
     log.info("stopped")
 
 
+async def work(settings: Settings) -> None:
+    """Runs the fulfiller alone (`instant-orders worker`) until SIGTERM or SIGINT."""
+    stop = _stop_on_signals()
+    store = await SqliteStore.open(settings.database)
+    try:
+        async with _background(_fulfiller(settings, store).run()):
+            log.info("fulfilling orders from %s", settings.database)
+            await stop.wait()
+    finally:
+        await store.close()
+    log.info("stopped")
+
+
 @contextlib.asynccontextmanager
 async def _grpc_server(settings: Settings) -> AsyncIterator[RunningServer]:
     store = await SqliteStore.open(settings.database)
     try:
         service = await InstantOrdersService.open(store, settings.token_lifetime)
-        server = await start_server(service, settings.grpc_listen)
-        try:
-            yield server
-        finally:
-            await server.stop(settings.shutdown_grace_seconds)
+        fulfiller = _fulfiller(settings, store, on_change=service.updates.notify)
+        async with _background(fulfiller.run(), service.updates.run()):
+            server = await start_server(service, settings.grpc_listen)
+            try:
+                yield server
+            finally:
+                # Open WatchOrder streams end now (UNAVAILABLE: watch again),
+                # instead of holding the stop for the whole grace period.
+                service.updates.close()
+                await server.stop(settings.shutdown_grace_seconds)
     finally:
         await store.close()
+
+
+def _fulfiller(
+    settings: Settings, store: SqliteStore, on_change: Callable[[list[int]], None] | None = None
+) -> Fulfiller:
+    return Fulfiller(
+        store, InventorySource(store), settings.fulfillment_timeout, utc_now, on_change
+    )
+
+
+@contextlib.asynccontextmanager
+async def _background(*jobs: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """Runs the jobs as tasks while the block runs; cancels them after it."""
+    tasks = [asyncio.create_task(job) for job in jobs]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @contextlib.asynccontextmanager

@@ -13,6 +13,7 @@ ENVIRONMENT = {
     "token_lifetime_seconds": "INSTANT_ORDERS_TOKEN_LIFETIME",
     "shutdown_grace_seconds": "INSTANT_ORDERS_SHUTDOWN_GRACE",
     "log_level": "INSTANT_ORDERS_LOG_LEVEL",
+    "fulfillment_timeout_seconds": "INSTANT_ORDERS_FULFILLMENT_TIMEOUT",
 }
 
 
@@ -27,6 +28,17 @@ class Settings:
     #: How long in-flight calls may take to finish after SIGTERM.
     shutdown_grace_seconds: float = 10.0
     log_level: str = "INFO"
+    #: How long a PROCESSING order may wait for a code before it is cancelled
+    #: and refunded.
+    fulfillment_timeout_seconds: float = 86400.0
+
+    def __post_init__(self) -> None:
+        if not self.fulfillment_timeout_seconds > 0:
+            raise ValueError("the fulfillment timeout must be a positive number of seconds")
+
+    @property
+    def fulfillment_timeout(self) -> timedelta:
+        return timedelta(seconds=self.fulfillment_timeout_seconds)
 
     @property
     def token_lifetime(self) -> timedelta:

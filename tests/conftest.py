@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
-from collections.abc import AsyncIterator
-from datetime import timedelta
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import GatewaySettings, create_app
 from server.domain import admin
+from server.domain.fulfillment import Fulfiller, InventorySource
 from server.domain.service import InstantOrdersService, utc_now
 from server.rpc.app import start_server
 from server.store.sqlite import SqliteStore
@@ -103,3 +105,34 @@ async def http(channel: grpc.aio.Channel) -> AsyncIterator[TestClient[Any, Any]]
 def api(request: pytest.FixtureRequest, http: TestClient[Any, Any], channel: grpc.aio.Channel):
     """The API over each transport in turn."""
     return RestApi(http) if request.param == "rest" else GrpcApi(channel)
+
+
+def make_fulfiller(
+    store: SqliteStore,
+    service: InstantOrdersService | None = None,
+    timeout: timedelta = timedelta(days=1),
+    clock: Callable[[], datetime] = utc_now,
+    batch_size: int = 500,
+) -> Fulfiller:
+    """A fulfiller on the local inventory; it tells `service`'s watchers what it changed."""
+    on_change = service.updates.notify if service else None
+    return Fulfiller(
+        store,
+        InventorySource(store),
+        timeout,
+        clock,
+        on_change,
+        poll_interval=0.05,
+        batch_size=batch_size,
+    )
+
+
+@pytest.fixture
+async def fulfilling(store: SqliteStore, service: InstantOrdersService) -> AsyncIterator[Fulfiller]:
+    """The fulfiller and the watchers' poller running in the background, as in the server."""
+    fulfiller = make_fulfiller(store, service)
+    tasks = [asyncio.create_task(fulfiller.run()), asyncio.create_task(service.updates.run())]
+    yield fulfiller
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -53,3 +53,36 @@ def assert_invariants(database: str) -> None:
             " AND NOT EXISTS (SELECT 1 FROM codes c WHERE c.order_id = o.id)"
         ).fetchone()
         assert completed_without_code == (0,)
+
+
+def assert_fulfillment_consistent(database: str) -> None:
+    """Every order's state agrees with its ledger rows and its code.
+
+    PROCESSING: one debit, no code, no refund. COMPLETED: one debit, one code,
+    no refund. CANCELLED: one debit, no code, and exactly one refund of the
+    same amount. And no code is on two orders.
+    """
+    assert_invariants(database)
+    with sqlite3.connect(database) as db:
+        rows = db.execute(
+            "SELECT o.id, o.status, o.unit_price_minor,"
+            " (SELECT count(*) FROM ledger l WHERE l.order_id = o.id AND l.kind = 'ORDER'"
+            "  AND l.amount_minor = -o.unit_price_minor),"
+            " (SELECT count(*) FROM ledger l WHERE l.order_id = o.id AND l.kind = 'REFUND'"
+            "  AND l.amount_minor = o.unit_price_minor),"
+            " (SELECT count(*) FROM ledger l WHERE l.order_id = o.id),"
+            " (SELECT count(*) FROM codes c WHERE c.order_id = o.id)"
+            " FROM orders o"
+        ).fetchall()
+        expected = {
+            "PROCESSING": (1, 0, 1, 0),
+            "COMPLETED": (1, 0, 1, 1),
+            "CANCELLED": (1, 1, 2, 0),
+        }
+        for stock_id, status, _, debits, refunds, ledger_rows, codes in rows:
+            assert (debits, refunds, ledger_rows, codes) == expected[status], (stock_id, status)
+        (codes_sold_twice,) = db.execute(
+            "SELECT count(*) FROM (SELECT sku, redeem_code FROM codes WHERE order_id IS NOT NULL"
+            " GROUP BY sku, redeem_code HAVING count(*) > 1)"
+        ).fetchone()
+        assert codes_sold_twice == 0, "a code was sold on two orders"

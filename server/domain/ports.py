@@ -8,7 +8,7 @@ a code goes to at most one order.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -69,6 +69,37 @@ class Store(Protocol):
         ...
 
     async def get_order(self, account_id: int, transaction_id: str) -> Order | None: ...
+
+    # --- fulfillment: orders waiting for a code ---------------------------------------
+
+    async def waiting_skus(self) -> list[str]:
+        """The SKUs that PROCESSING orders wait for."""
+        ...
+
+    async def waiting_orders(self, skus: Collection[str], limit: int) -> list[Order]:
+        """The oldest PROCESSING orders for these SKUs, oldest first."""
+        ...
+
+    async def skus_in_stock(self, skus: Collection[str]) -> set[str]:
+        """The SKUs among `skus` with an unsold code in the local inventory."""
+        ...
+
+    async def complete_from_stock(self, orders: Sequence[Order], now: datetime) -> list[int]:
+        """Gives each order, in turn, the oldest unsold code of its SKU; returns the
+        stock ids of the orders completed. Each completion is atomic (code
+        reserved, order COMPLETED); an order no longer PROCESSING is skipped."""
+        ...
+
+    async def cancel_overdue(
+        self, created_before: datetime, now: datetime, limit: int
+    ) -> list[int]:
+        """Cancels PROCESSING orders created before `created_before`, oldest first, each
+        with its refund in the same step; returns their stock ids."""
+        ...
+
+    async def finished_among(self, stock_ids: Collection[int]) -> list[int]:
+        """The orders among `stock_ids` that are no longer PROCESSING."""
+        ...
 
     async def list_orders(
         self, account_id: int, order_filter: OrderFilter, page: int, page_size: int

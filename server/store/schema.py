@@ -1,9 +1,11 @@
-"""The SQLite schema. Money is stored as integer minor units, rates as exact decimal text."""
+"""The SQLite schema. Money is stored as integer minor units, rates as exact decimal text.
 
-SCHEMA_VERSION = 1
+MIGRATIONS[n] takes a database from schema version n to n + 1 (PRAGMA
+user_version); a new database runs them all. Never edit a released step: add one.
+"""
 
 # Statements are split on ";", so comments must not contain one.
-SCHEMA = """
+_INITIAL = """
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -95,3 +97,15 @@ CREATE TABLE codes (
 );
 CREATE INDEX unsold_codes ON codes (sku, id) WHERE order_id IS NULL;
 """
+
+_FULFILLMENT = """
+-- When the order became COMPLETED or CANCELLED.
+ALTER TABLE orders ADD COLUMN finished_at_us INTEGER;
+-- The fulfiller's queues: waiting orders per SKU, first come first served,
+-- and by age for the deadline. Partial, so they hold only what waits.
+CREATE INDEX waiting_orders ON orders (sku, id) WHERE status = 'PROCESSING';
+CREATE INDEX waiting_since ON orders (created_at_us) WHERE status = 'PROCESSING';
+"""
+
+MIGRATIONS: tuple[str, ...] = (_INITIAL, _FULFILLMENT)
+SCHEMA_VERSION = len(MIGRATIONS)

@@ -12,9 +12,10 @@ for writes (WAL).
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -37,9 +38,10 @@ from server.domain.models import (
 from server.domain.money import Money
 from server.domain.orders import OrderFacts, OrderPlan
 from server.domain.ports import DataConflict, Dataset, NewCode
-from server.store.schema import SCHEMA, SCHEMA_VERSION
+from server.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 Work = Callable[[sqlite3.Connection], T]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -105,7 +107,9 @@ class SqliteStore:
             )
             plan = decide(facts)
             created_at_us = _micros(now)
-            code = _first_unsold_code(db, request.sku)
+            # Orders already waiting for this SKU get new stock first (the
+            # fulfiller serves them in order): a new order queues behind them.
+            code = None if _has_waiting(db, request.sku) else _first_unsold_code(db, request.sku)
             status = OrderStatus.PROCESSING if code is None else OrderStatus.COMPLETED
             stock_id = _insert_order(
                 db, account_id, request, transaction_id, plan, status, created_at_us
@@ -135,6 +139,78 @@ class SqliteStore:
                 (transaction_id, account_id),
             ).fetchone()
             return None if row is None else _order(row)
+
+        return await self._read(work)
+
+    # --- fulfillment ----------------------------------------------------------------
+
+    async def waiting_skus(self) -> list[str]:
+        def work(db: sqlite3.Connection) -> list[str]:
+            rows = db.execute("SELECT DISTINCT sku FROM orders WHERE status = 'PROCESSING'")
+            return [sku for (sku,) in rows]
+
+        return await self._read(work)
+
+    async def waiting_orders(self, skus: Collection[str], limit: int) -> list[Order]:
+        def work(db: sqlite3.Connection) -> list[Order]:
+            rows = db.execute(
+                f"SELECT {_ORDER_COLUMNS} WHERE o.status = 'PROCESSING'"
+                f" AND o.sku IN ({_placeholders(skus)}) ORDER BY o.id LIMIT ?",
+                [*skus, limit],
+            )
+            return [_order(row) for row in rows]
+
+        return await self._read(work)
+
+    async def skus_in_stock(self, skus: Collection[str]) -> set[str]:
+        def work(db: sqlite3.Connection) -> set[str]:
+            return {sku for sku in skus if _first_unsold_code(db, sku) is not None}
+
+        return await self._read(work)
+
+    async def complete_from_stock(self, orders: Sequence[Order], now: datetime) -> list[int]:
+        at = _micros(now)
+
+        def complete(db: sqlite3.Connection, order: Order) -> int | None:
+            code = _first_unsold_code(db, order.sku)
+            if code is None or not _finish(db, order.stock_id, OrderStatus.COMPLETED, at):
+                return None
+            db.execute("UPDATE codes SET order_id = ? WHERE id = ?", (order.stock_id, code[0]))
+            return order.stock_id
+
+        return await self._write(lambda db: _each_atomically(db, orders, complete))
+
+    async def cancel_overdue(
+        self, created_before: datetime, now: datetime, limit: int
+    ) -> list[int]:
+        at = _micros(now)
+
+        def cancel(db: sqlite3.Connection, order: tuple[int, int, str, int]) -> int | None:
+            stock_id, account_id, currency, minor = order
+            if not _finish(db, stock_id, OrderStatus.CANCELLED, at):
+                return None
+            _credit(db, account_id, Money.from_minor(minor, currency), at, "REFUND", stock_id)
+            return stock_id
+
+        def work(db: sqlite3.Connection) -> list[int]:
+            overdue = db.execute(
+                "SELECT id, account_id, pay_currency, unit_price_minor FROM orders"
+                " WHERE status = 'PROCESSING' AND created_at_us < ?"
+                " ORDER BY created_at_us LIMIT ?",
+                (_micros(created_before), limit),
+            ).fetchall()
+            return _each_atomically(db, overdue, cancel)
+
+        return await self._write(work)
+
+    async def finished_among(self, stock_ids: Collection[int]) -> list[int]:
+        def work(db: sqlite3.Connection) -> list[int]:
+            rows = db.execute(
+                f"SELECT id FROM orders WHERE status <> 'PROCESSING'"  # noqa: S608
+                f" AND id IN ({_placeholders(stock_ids)})",
+                list(stock_ids),
+            )
+            return [stock_id for (stock_id,) in rows]
 
         return await self._read(work)
 
@@ -300,15 +376,16 @@ def _migrate(db: sqlite3.Connection) -> None:
                 f"the database has schema version {version}; this service knows "
                 f"{SCHEMA_VERSION} at most"
             )
-        if version == 0:
-            for statement in SCHEMA.split(";"):
+        for step in range(version, SCHEMA_VERSION):
+            for statement in MIGRATIONS[step].split(";"):
                 if statement.strip():
                     db.execute(statement)
-            db.execute(
-                "INSERT INTO meta (key, value) VALUES ('token_signing_key', ?)",
-                (secrets.token_bytes(32),),
-            )
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            if step == 0:
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('token_signing_key', ?)",
+                    (secrets.token_bytes(32),),
+                )
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     _transaction(db, "IMMEDIATE", work)
 
@@ -347,6 +424,47 @@ def _duplicate_of(
         (account_id, request.client_order_number),
     ).fetchone()
     return None if row is None else str(row[0])
+
+
+def _has_waiting(db: sqlite3.Connection, sku: str) -> bool:
+    row = db.execute(
+        "SELECT 1 FROM orders WHERE sku = ? AND status = 'PROCESSING' LIMIT 1", (sku,)
+    ).fetchone()
+    return row is not None
+
+
+def _finish(db: sqlite3.Connection, stock_id: int, status: OrderStatus, at: int) -> bool:
+    """PROCESSING -> `status`; False when the order is no longer PROCESSING (another
+    fulfiller got there first), which makes every step safe to repeat."""
+    updated = db.execute(
+        "UPDATE orders SET status = ?, finished_at_us = ? WHERE id = ? AND status = 'PROCESSING'",
+        (status.value, at, stock_id),
+    ).rowcount
+    return updated == 1
+
+
+def _each_atomically(
+    db: sqlite3.Connection,
+    items: Iterable[T],
+    step: Callable[[sqlite3.Connection, T], int | None],
+) -> list[int]:
+    """Runs `step` on each item inside its own savepoint, within the caller's
+    transaction: one item failing is rolled back and logged alone, and the
+    batch still commits with one fsync. A step returns the stock id of the
+    order it changed, or None; the ids are returned."""
+    done = []
+    for item in items:
+        db.execute("SAVEPOINT step")
+        try:
+            changed = step(db, item)
+        except sqlite3.Error:
+            db.execute("ROLLBACK TO step")
+            log.exception("a fulfillment step failed and was rolled back")
+            changed = None
+        db.execute("RELEASE step")
+        if changed is not None:
+            done.append(changed)
+    return done
 
 
 def _first_unsold_code(db: sqlite3.Connection, sku: str) -> tuple[int, str, str | None] | None:
@@ -403,7 +521,14 @@ def _debit(db: sqlite3.Connection, account_id: int, amount: Money, order_id: int
     _ledger(db, account_id, -amount.minor, amount.currency, "ORDER", order_id, at)
 
 
-def _credit(db: sqlite3.Connection, account_id: int, amount: Money, at: int) -> None:
+def _credit(
+    db: sqlite3.Connection,
+    account_id: int,
+    amount: Money,
+    at: int,
+    kind: str = "TOP_UP",
+    order_id: int | None = None,
+) -> None:
     db.execute(
         "INSERT INTO balances (account_id, currency, amount_minor) VALUES (?, ?, ?)"
         " ON CONFLICT (account_id, currency) DO UPDATE"
@@ -411,7 +536,7 @@ def _credit(db: sqlite3.Connection, account_id: int, amount: Money, at: int) -> 
         (account_id, amount.currency, amount.minor),
     )
     if amount.minor:
-        _ledger(db, account_id, amount.minor, amount.currency, "TOP_UP", None, at)
+        _ledger(db, account_id, amount.minor, amount.currency, kind, order_id, at)
 
 
 def _ledger(
@@ -545,6 +670,10 @@ def _product(row: Any) -> Product:
 def _rate(row: Any) -> ExchangeRate:
     base, quote, rate, as_of, updated_at_us = row
     return ExchangeRate(base, quote, Decimal(rate), as_of, _from_micros(updated_at_us))
+
+
+def _placeholders(values: Collection[object]) -> str:
+    return ",".join("?" * len(values))
 
 
 def _micros(moment: datetime) -> int:

@@ -1,0 +1,128 @@
+"""Fulfillment: PROCESSING orders become COMPLETED when a code can be had, or
+CANCELLED (and refunded) when none came before their deadline.
+
+All of its state is in the database: a PROCESSING order is a promise, and each
+pass of the fulfiller reads the promises afresh. A process killed at any moment
+loses nothing; the next pass, in any process, carries on. Several fulfillers
+(the server's own, a separate `worker`, other replicas) may run at once: every
+step is guarded by the order still being PROCESSING, so none is done twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Collection, Sequence
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from server.domain.models import Order
+from server.domain.ports import Store
+
+log = logging.getLogger(__name__)
+
+#: How often the fulfiller looks for new stock and overdue orders when idle.
+#: Stock added by another process (`admin add-codes`) is seen within this.
+POLL_INTERVAL_SECONDS = 0.2
+#: Orders completed or cancelled per database transaction.
+BATCH_SIZE = 500
+
+
+class CodeSource(Protocol):
+    """Where the codes for waiting orders come from.
+
+    The local inventory today; an upstream supplier can be another source.
+    The fulfiller knows no more of a source than this.
+    """
+
+    async def available(self, skus: Collection[str]) -> set[str]:
+        """The SKUs among `skus` it may be able to deliver a code for now."""
+        ...
+
+    async def deliver(self, orders: Sequence[Order], now: datetime) -> list[int]:
+        """Completes the orders it can, in the order given, each atomically (its code
+        recorded and the order COMPLETED); returns their stock ids. The others stay
+        PROCESSING."""
+        ...
+
+
+class InventorySource:
+    """Codes from the local inventory: the `codes` table, oldest first."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def available(self, skus: Collection[str]) -> set[str]:
+        return await self._store.skus_in_stock(skus)
+
+    async def deliver(self, orders: Sequence[Order], now: datetime) -> list[int]:
+        return await self._store.complete_from_stock(orders, now)
+
+
+class Fulfiller:
+    """Completes waiting orders first come, first served, and cancels overdue ones."""
+
+    def __init__(
+        self,
+        store: Store,
+        source: CodeSource,
+        timeout: timedelta,
+        clock: Callable[[], datetime],
+        on_change: Callable[[list[int]], None] | None = None,
+        poll_interval: float = POLL_INTERVAL_SECONDS,
+        batch_size: int = BATCH_SIZE,
+    ) -> None:
+        self._store = store
+        self._source = source
+        self._timeout = timeout
+        self._clock = clock
+        self._on_change = on_change
+        self._poll_interval = poll_interval
+        self._batch_size = batch_size
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Asks for a pass now instead of at the next poll."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Runs passes until cancelled: back to back while there is work, then one
+        per poll interval. A failing pass is logged and retried."""
+        while True:
+            try:
+                changed = await self.run_once()
+            except Exception:
+                log.exception("fulfillment pass failed; retrying")
+                changed = 0
+            if changed:
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+
+    async def run_once(self) -> int:
+        """One pass: cancel what is overdue, then complete what stock allows.
+
+        Cancelling first means an order past its deadline is never completed,
+        even when stock arrives at the same moment. Returns how many orders
+        changed."""
+        now = self._clock()
+        cancelled = await self._store.cancel_overdue(now - self._timeout, now, self._batch_size)
+        completed = await self._complete(now)
+        changed = [*cancelled, *completed]
+        if changed:
+            log.info("fulfillment: %d completed, %d cancelled", len(completed), len(cancelled))
+            if self._on_change:
+                self._on_change(changed)
+        return len(changed)
+
+    async def _complete(self, now: datetime) -> list[int]:
+        skus = await self._store.waiting_skus()
+        if not skus:
+            return []
+        ready = await self._source.available(skus)
+        if not ready:
+            return []
+        waiting = await self._store.waiting_orders(sorted(ready), self._batch_size)
+        return await self._source.deliver(waiting, now)

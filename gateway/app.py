@@ -18,15 +18,18 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway import errors, transcode
+from gateway import errors, streams, transcode
 from gateway.openapi import openapi_document
+from gateway.responses import (
+    REQUEST_ID,
+    REQUEST_ID_HEADER,
+    call_metadata,
+    error_response,
+    json_response,
+)
 from gateway.routes import Route, load_routes
 
 MAX_BODY_BYTES = 64 * 1024
-#: Headers passed on to the gRPC server as call metadata.
-FORWARDED_HEADERS = ("x-api-key", "authorization")
-REQUEST_ID_HEADER = "X-Request-Id"
-REQUEST_ID = web.RequestKey("request_id", str)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = logging.getLogger(__name__)
@@ -40,6 +43,11 @@ class GatewaySettings:
     rpc_timeout_seconds: float = 10.0
     #: How long in-flight requests may take to finish when the gateway stops.
     shutdown_grace_seconds: float = 10.0
+    #: Server-Sent Events: a comment line after this long without an event.
+    sse_heartbeat_seconds: float = 15.0
+    #: The deadline of a streaming call: the longest an event stream stays
+    #: open (EventSource clients reconnect by themselves).
+    stream_timeout_seconds: float = 3600.0
 
 
 def create_app(channel: grpc.aio.Channel, settings: GatewaySettings) -> web.Application:
@@ -48,10 +56,18 @@ def create_app(channel: grpc.aio.Channel, settings: GatewaySettings) -> web.Appl
         client_max_size=MAX_BODY_BYTES,
         middlewares=[_request_id_middleware, _error_middleware],
     )
+    streams.setup(app)
     for route in routes:
-        app.router.add_route(route.http_method, route.path, _handler(route, channel, settings))
+        handler = (
+            streams.stream_handler(
+                route, channel, settings.sse_heartbeat_seconds, settings.stream_timeout_seconds
+            )
+            if route.server_streaming
+            else _handler(route, channel, settings)
+        )
+        app.router.add_route(route.http_method, route.path, handler)
     document = json.dumps(openapi_document(routes)).encode()
-    app.router.add_get("/openapi.json", _static_json(document))
+    app.router.add_get("/openapi.json", _staticjson_response(document))
     app.router.add_get("/healthz", _health_handler(channel))
     return app
 
@@ -69,17 +85,17 @@ def _handler(route: Route, channel: grpc.aio.Channel, settings: GatewaySettings)
         )
         try:
             response = await call(
-                message, metadata=_metadata(request), timeout=settings.rpc_timeout_seconds
+                message, metadata=call_metadata(request), timeout=settings.rpc_timeout_seconds
             )
         except grpc.aio.AioRpcError as error:
-            return _error_response(request, errors.reply_for(error))
+            return error_response(request, errors.reply_for(error))
         body: dict[str, Any] = {"requestId": request[REQUEST_ID]}
         body["data"] = transcode.response_json(route, response)
         headers = {}
         if route.oauth2_token_response:
             body.update(body["data"])
             headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-        return _json(200, body, headers)
+        return json_response(200, body, headers)
 
     return handle
 
@@ -94,18 +110,7 @@ async def _body(route: Route, request: web.Request) -> dict[str, Any] | None:
     return transcode.parse_json_object(await request.read())
 
 
-def _metadata(request: web.Request) -> list[tuple[str, str]]:
-    metadata = [("x-request-id", request[REQUEST_ID])]
-    for name in FORWARDED_HEADERS:
-        for value in request.headers.getall(name, ()):
-            # gRPC metadata is printable ASCII; anything else cannot be a valid
-            # credential, and leaving it out makes the server answer 401.
-            if value.isascii() and value.isprintable():
-                metadata.append((name, value))
-    return metadata
-
-
-def _static_json(document: bytes) -> Handler:
+def _staticjson_response(document: bytes) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         return web.Response(body=document, content_type="application/json")
 
@@ -126,7 +131,7 @@ def _health_handler(channel: grpc.aio.Channel) -> Handler:
             "requestId": request[REQUEST_ID],
             "status": "SERVING" if serving else "NOT_SERVING",
         }
-        return _json(200 if serving else 503, body)
+        return json_response(200 if serving else 503, body)
 
     return handle
 
@@ -138,7 +143,8 @@ async def _request_id_middleware(request: web.Request, handler: Handler) -> web.
         given[0] if len(given) == 1 and _is_request_id(given[0]) else str(uuid.uuid4())
     )
     response = await handler(request)
-    response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
+    if not response.prepared:  # an event stream has sent its headers already
+        response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
     return response
 
 
@@ -152,33 +158,15 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except errors.GatewayError as error:
-        return _error_response(request, error.reply)
+        return error_response(request, error.reply)
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        return _error_response(request, errors.GatewayError(error.status, error.reason).reply)
+        return error_response(request, errors.GatewayError(error.status, error.reason).reply)
     except Exception:
         log.exception("gateway failure, requestId %s", request[REQUEST_ID])
         reply = errors.ErrorReply(500, "INTERNAL", errors.INTERNAL_MESSAGE)
-        return _error_response(request, reply)
-
-
-def _error_response(request: web.Request, reply: errors.ErrorReply) -> web.Response:
-    headers = {}
-    if reply.status == 401:
-        headers["WWW-Authenticate"] = 'Bearer realm="instant-orders"'
-    elif reply.status == 503:
-        headers["Retry-After"] = "1"
-    return _json(reply.status, reply.body(request[REQUEST_ID]), headers)
-
-
-def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status,
-        body=json.dumps(body, ensure_ascii=False).encode(),
-        content_type="application/json",
-        headers=headers,
-    )
+        return error_response(request, reply)
 
 
 async def start_gateway(settings: GatewaySettings) -> tuple[web.AppRunner, int, grpc.aio.Channel]:
@@ -188,6 +176,9 @@ async def start_gateway(settings: GatewaySettings) -> tuple[web.AppRunner, int, 
         create_app(channel, settings),
         access_log=None,
         shutdown_timeout=settings.shutdown_grace_seconds,
+        # A client that goes away cancels its handler, and so its gRPC call:
+        # an abandoned event stream costs the server nothing further.
+        handler_cancellation=True,
     )
     await runner.setup()
     host, _, port = settings.http_listen.rpartition(":")

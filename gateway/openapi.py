@@ -82,10 +82,7 @@ def _operation(route: Route, schemas: dict[str, Any]) -> dict[str, Any]:
         "tags": [route.rpc.containing_service.name],
         "parameters": _parameters(route, schemas),
         "responses": {
-            "200": {
-                "description": "OK",
-                "content": {"application/json": {"schema": _success_schema(route, schemas)}},
-            },
+            "200": _success_response(route, schemas),
             **{
                 status: {
                     "description": text,
@@ -132,6 +129,21 @@ def _parameters(route: Route, schemas: dict[str, Any]) -> list[dict[str, Any]]:
             parameter.update(style="form", explode=False)
         parameters.append(parameter)
     return parameters
+
+
+def _success_response(route: Route, schemas: dict[str, Any]) -> dict[str, Any]:
+    envelope = _success_schema(route, schemas)
+    if not route.server_streaming:
+        return {"description": "OK", "content": {"application/json": {"schema": envelope}}}
+    return {
+        "description": (
+            "Server-Sent Events: one event per message, whose `data:` line is the JSON "
+            "envelope given as x-event-data; `: heartbeat` comment lines keep the "
+            "connection open; a failure after the first event is an `event: error` whose "
+            "data is the Error schema. The stream ends when the order is final."
+        ),
+        "content": {"text/event-stream": {"schema": {"type": "string"}, "x-event-data": envelope}},
+    }
 
 
 def _success_schema(route: Route, schemas: dict[str, Any]) -> dict[str, Any]:

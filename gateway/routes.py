@@ -1,7 +1,8 @@
 """The REST routes, read from the services' google.api.http annotations.
 
 Adding an annotated RPC to a .proto adds its route: the gateway holds no code
-per endpoint. Path templates may use simple `{field}` variables only.
+per endpoint. Path templates may use simple `{field}` variables only. A
+server-streaming RPC becomes a Server-Sent Events route.
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ class Route:
         return bool(options.Extensions[options_pb2.oauth2_token_response])
 
     @property
+    def server_streaming(self) -> bool:
+        return bool(self.rpc.server_streaming)
+
+    @property
     def request_message(self) -> Descriptor:
         return self.rpc.input_type
 
@@ -95,8 +100,10 @@ def _route(method: MethodDescriptor, rule: http_pb2.HttpRule) -> Route:
     path = getattr(rule, verb)
     if _VARIABLE.sub("", path).count("{"):
         raise ValueError(f"{method.full_name}: only {{field}} path variables are supported")
-    if method.client_streaming or method.server_streaming:
-        raise ValueError(f"{method.full_name}: streaming RPCs have no REST route yet")
+    if method.client_streaming:
+        raise ValueError(f"{method.full_name}: client-streaming RPCs have no REST mapping")
+    if method.server_streaming and (verb != "get" or rule.response_body):
+        raise ValueError(f"{method.full_name}: a stream maps to GET without response_body")
     fields = method.input_type.fields_by_name
     for name in _VARIABLE.findall(path):
         if name not in fields:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import subprocess
@@ -48,8 +49,19 @@ def inline_refs(node: Any, document: dict[str, Any]) -> Any:
 
 
 def response_schema(document: dict[str, Any], path: str, method: str, status: int) -> Any:
-    responses = document["paths"][path][method]["responses"]
-    return inline_refs(responses[str(status)]["content"]["application/json"]["schema"], document)
+    content = document["paths"][path][method]["responses"][str(status)]["content"]
+    if "text/event-stream" in content:  # one event's data
+        return inline_refs(content["text/event-stream"]["x-event-data"], document)
+    return inline_refs(content["application/json"]["schema"], document)
+
+
+def event_data(text: str) -> list[Any]:
+    """The JSON data of each event of a text/event-stream body."""
+    return [
+        json.loads(line.removeprefix("data: "))
+        for line in text.splitlines()
+        if line.startswith("data: ")
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +105,10 @@ async def exercise_every_route(http, accounts) -> list[tuple[str, str, int, Any]
     await record("GET", "/v2/orders/{transactionId}/codes", f"/v2/orders/{tx}/codes")
     pending_tx = pending["data"]["transactionId"]
     await record("GET", "/v2/orders/{transactionId}/codes", f"/v2/orders/{pending_tx}/codes")
+    events = await http.get(f"/v2/orders/{tx}/events", headers=headers)  # a final order: one event
+    assert events.content_type == "text/event-stream"
+    for data in event_data(await events.text()):
+        seen.append(("/v2/orders/{transactionId}/events", "get", events.status, data))
     await record("GET", "/v2/balances", "/v2/balances")
     await record("GET", "/v2/products", "/v2/products")
     await record("GET", "/v2/exchange-rates", "/v2/exchange-rates")

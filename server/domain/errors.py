@@ -56,6 +56,7 @@ class Reason(enum.Enum):
         Code.ALREADY_EXISTS,
         "An order with clientOrderNumber {clientOrderNumber} exists already: {transactionId}.",
     )
+    UNAVAILABLE = ErrorSpec(Code.UNAVAILABLE, "{detail}")
     INTERNAL = ErrorSpec(Code.INTERNAL, "Internal error. Quote the requestId when you report it.")
     invalid_request = ErrorSpec(Code.INVALID_ARGUMENT, "{detail}", oauth2=True)
     invalid_client = ErrorSpec(Code.UNAUTHENTICATED, "Client authentication failed.", oauth2=True)

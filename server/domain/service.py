@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -30,6 +30,7 @@ from server.domain.models import (
 from server.domain.money import Money, is_currency
 from server.domain.orders import decide_instant_order
 from server.domain.ports import Store
+from server.domain.updates import OrderUpdates
 
 MAX_SKU_LENGTH = 64
 MAX_CLIENT_ORDER_NUMBER_LENGTH = 128
@@ -69,18 +70,23 @@ class InstantOrdersService:
     """One instance per process, shared by all requests."""
 
     def __init__(
-        self, store: Store, tokens: TokenSigner, clock: Callable[[], datetime] = utc_now
+        self,
+        store: Store,
+        tokens: TokenSigner,
+        updates: OrderUpdates,
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._store = store
         self._tokens = tokens
         self._clock = clock
+        self.updates = updates
 
     @classmethod
     async def open(
         cls, store: Store, token_lifetime: timedelta, clock: Callable[[], datetime] = utc_now
     ) -> InstantOrdersService:
         key = await store.token_signing_key()
-        return cls(store, TokenSigner(key, token_lifetime), clock)
+        return cls(store, TokenSigner(key, token_lifetime), OrderUpdates(store), clock)
 
     # --- authentication -------------------------------------------------------------
 
@@ -127,6 +133,23 @@ class InstantOrdersService:
             # Another account's order is answered exactly like a missing one.
             raise ApiError(Reason.ORDER_NOT_FOUND, transactionId=transaction_id)
         return order
+
+    async def watch_order(self, caller: Caller, transaction_id: str) -> AsyncIterator[Order]:
+        """The order now, then each change until it is final."""
+        order = await self.get_order(caller, transaction_id)
+        with self.updates.watching(order.stock_id) as changed:
+            yield order
+            while order.status is OrderStatus.PROCESSING:
+                await changed.wait()
+                changed.clear()
+                if self.updates.closed:
+                    raise ApiError(
+                        Reason.UNAVAILABLE, detail="The server is stopping. Watch the order again."
+                    )
+                latest = await self.get_order(caller, transaction_id)
+                if latest.status is not order.status:
+                    order = latest
+                    yield order
 
     async def list_orders(
         self, caller: Caller, order_filter: OrderFilter, page: int, limit: int

@@ -7,10 +7,11 @@ intercept_service, so that their work runs in the call's own task and context
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeAlias
 
 import grpc
@@ -29,8 +30,8 @@ API_METHOD_PREFIX = "/instantorders.v2."
 
 #: grpc.aio.ServicerContext; grpcio ships no types.
 Context: TypeAlias = Any
-Behavior = Callable[[Any, Context], Awaitable[Any]]
-Around = Callable[[Behavior, Any, Context], Awaitable[Any]]
+#: What runs around a call's behaviour, unary or streaming, in the call's task.
+Around = Callable[[Context], contextlib.AbstractAsyncContextManager[None]]
 
 _CALLER: contextvars.ContextVar[Caller] = contextvars.ContextVar("caller")
 
@@ -97,22 +98,24 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return handler
         metadata = handler_call_details.invocation_metadata
 
-        async def authenticated(behavior: Behavior, request: Any, context: Context) -> Any:
+        @contextlib.asynccontextmanager
+        async def authenticated(context: Context) -> AsyncIterator[None]:
             api_keys = _values(metadata, "x-api-key")
             authorizations = _values(metadata, "authorization")
             if len(api_keys) != 1 or len(authorizations) != 1:
                 raise ApiError(Reason.UNAUTHENTICATED)
             _CALLER.set(self._authenticate(api_keys[0], authorizations[0]))
-            return await behavior(request, context)
+            yield
 
         return _wrap(handler, authenticated)
 
 
 def _guarded(request_id: str) -> Around:
-    async def around(behavior: Behavior, request: Any, context: Context) -> Any:
+    @contextlib.asynccontextmanager
+    async def around(context: Context) -> AsyncIterator[None]:
         REQUEST_ID.set(request_id)
         try:
-            return await behavior(request, context)
+            yield
         except ApiError as error:
             await context.abort_with_status(to_rpc_status(error))
         except grpc.aio.AbortError:
@@ -125,19 +128,29 @@ def _guarded(request_id: str) -> Around:
 
 
 def _wrap(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMethodHandler:
-    """The handler with its unary behaviour run inside `around`.
+    """The handler with its behaviour, unary or server-streaming, run inside `around`.
 
-    Fails closed: a streaming method would otherwise slip past authentication.
+    Fails closed: a client-streaming method would otherwise slip past
+    authentication.
     """
-    inner = handler.unary_unary
-    if inner is None:
-        raise TypeError("only unary-unary methods are wrapped; add streaming before using it")
+    if handler.unary_unary is not None:
+        unary = handler.unary_unary
 
-    async def behavior(request: Any, context: Context) -> Any:
-        return await around(inner, request, context)
+        async def unary_behavior(request: Any, context: Context) -> Any:
+            async with around(context):
+                return await unary(request, context)
 
-    replaced: grpc.RpcMethodHandler = handler._replace(unary_unary=behavior)
-    return replaced
+        return handler._replace(unary_unary=unary_behavior)
+    if handler.unary_stream is not None:
+        stream = handler.unary_stream
+
+        async def stream_behavior(request: Any, context: Context) -> AsyncIterator[Any]:
+            async with around(context):
+                async for response in stream(request, context):
+                    yield response
+
+        return handler._replace(unary_stream=stream_behavior)
+    raise TypeError("client-streaming methods are not wrapped; add them before using one")
 
 
 def _values(metadata: Sequence[tuple[str, str | bytes]] | None, key: str) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
 from instantorders.v2 import (
@@ -57,6 +58,12 @@ class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
             current_caller(), request.transaction_id, converters.codes_filter(request)
         )
         return converters.codes(products)
+
+    async def WatchOrder(
+        self, request: orders_pb2.WatchOrderRequest, context: Context
+    ) -> AsyncIterator[orders_pb2.Order]:
+        async for order in self._service.watch_order(current_caller(), request.transaction_id):
+            yield converters.order(order)
 
 
 class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):

@@ -142,3 +142,9 @@ class GetCodesResponse(_message.Message):
     PRODUCTS_FIELD_NUMBER: _ClassVar[int]
     products: _containers.RepeatedCompositeFieldContainer[ProductCodes]
     def __init__(self, products: _Optional[_Iterable[_Union[ProductCodes, _Mapping]]] = ...) -> None: ...
+
+class WatchOrderRequest(_message.Message):
+    __slots__ = ("transaction_id",)
+    TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    transaction_id: str
+    def __init__(self, transaction_id: _Optional[str] = ...) -> None: ...

@@ -55,6 +55,11 @@ class OrdersServiceStub:
                 request_serializer=instantorders_dot_v2_dot_orders__pb2.GetCodesRequest.SerializeToString,
                 response_deserializer=instantorders_dot_v2_dot_orders__pb2.GetCodesResponse.FromString,
                 _registered_method=True)
+        self.WatchOrder = channel.unary_stream(
+                '/instantorders.v2.OrdersService/WatchOrder',
+                request_serializer=instantorders_dot_v2_dot_orders__pb2.WatchOrderRequest.SerializeToString,
+                response_deserializer=instantorders_dot_v2_dot_orders__pb2.Order.FromString,
+                _registered_method=True)
 
 
 class OrdersServiceServicer:
@@ -91,6 +96,16 @@ class OrdersServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchOrder(self, request, context):
+        """The order's current state at once, then every change until it is final
+        (COMPLETED or CANCELLED), when the stream ends. Over REST this is a
+        Server-Sent Events stream: one `data:` line with the {requestId, data}
+        envelope per message, and a comment line as a heartbeat.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrdersServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +128,11 @@ def add_OrdersServiceServicer_to_server(servicer, server):
                     servicer.GetCodes,
                     request_deserializer=instantorders_dot_v2_dot_orders__pb2.GetCodesRequest.FromString,
                     response_serializer=instantorders_dot_v2_dot_orders__pb2.GetCodesResponse.SerializeToString,
+            ),
+            'WatchOrder': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchOrder,
+                    request_deserializer=instantorders_dot_v2_dot_orders__pb2.WatchOrderRequest.FromString,
+                    response_serializer=instantorders_dot_v2_dot_orders__pb2.Order.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -224,6 +244,33 @@ class OrdersService:
             '/instantorders.v2.OrdersService/GetCodes',
             instantorders_dot_v2_dot_orders__pb2.GetCodesRequest.SerializeToString,
             instantorders_dot_v2_dot_orders__pb2.GetCodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchOrder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/instantorders.v2.OrdersService/WatchOrder',
+            instantorders_dot_v2_dot_orders__pb2.WatchOrderRequest.SerializeToString,
+            instantorders_dot_v2_dot_orders__pb2.Order.FromString,
             options,
             channel_credentials,
             insecure,

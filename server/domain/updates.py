@@ -1,0 +1,88 @@
+"""Telling the watchers of orders that their order changed.
+
+An instant order changes once: from PROCESSING to COMPLETED or CANCELLED. A
+change made in this process (by its fulfiller) wakes the watchers at once. A
+change made elsewhere (a separate worker, another replica) is found by one
+query per poll interval covering every watched order, and only while someone
+watches; a watcher that leaves costs nothing more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable, Iterator
+
+from server.domain.ports import Store
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL_SECONDS = 0.5
+
+
+class OrderUpdates:
+    def __init__(self, store: Store, poll_interval: float = POLL_INTERVAL_SECONDS) -> None:
+        self._store = store
+        self._poll_interval = poll_interval
+        self._watchers: dict[int, set[asyncio.Event]] = {}
+        self._someone_watches = asyncio.Event()
+        self._closed = False
+
+    @property
+    def watcher_count(self) -> int:
+        return sum(len(events) for events in self._watchers.values())
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @contextlib.contextmanager
+    def watching(self, stock_id: int) -> Iterator[asyncio.Event]:
+        """An event set when the order may have changed, or when watching ends
+        because the process stops (see `closed`). Enter it before reading the
+        order, so that no change falls between the read and the watch."""
+        changed = asyncio.Event()
+        if self._closed:
+            changed.set()
+        self._watchers.setdefault(stock_id, set()).add(changed)
+        self._someone_watches.set()
+        try:
+            yield changed
+        finally:
+            events = self._watchers[stock_id]
+            events.discard(changed)
+            if not events:
+                del self._watchers[stock_id]
+
+    def notify(self, stock_ids: Iterable[int]) -> None:
+        """The orders changed: wake their watchers."""
+        for stock_id in stock_ids:
+            for changed in self._watchers.get(stock_id, ()):
+                changed.set()
+
+    def close(self) -> None:
+        """Wakes every watcher for good: the process is stopping."""
+        self._closed = True
+        for events in self._watchers.values():
+            for changed in events:
+                changed.set()
+
+    async def run(self) -> None:
+        """Polls for changes made by other processes, while anyone watches."""
+        while True:
+            if not self._watchers:
+                self._someone_watches.clear()
+                await self._someone_watches.wait()
+            await asyncio.sleep(self._poll_interval)
+            try:
+                self.notify(await self._finished_among_watched())
+            except Exception:
+                log.exception("polling watched orders failed; retrying")
+
+    async def _finished_among_watched(self) -> list[int]:
+        watched = list(self._watchers)
+        finished: list[int] = []
+        for start in range(0, len(watched), 500):  # SQLite's bound parameters are limited
+            finished += await self._store.finished_among(watched[start : start + 500])
+        return finished

@@ -88,7 +88,12 @@ def _fulfiller(
     settings: Settings, store: SqliteStore, on_change: Callable[[list[int]], None] | None = None
 ) -> Fulfiller:
     return Fulfiller(
-        store, InventorySource(store), settings.fulfillment_timeout, utc_now, on_change
+        store,
+        InventorySource(store),
+        settings.fulfillment_timeout,
+        utc_now,
+        on_change,
+        batch_size=settings.fulfillment_batch,
     )
 
 

@@ -14,6 +14,7 @@ ENVIRONMENT = {
     "shutdown_grace_seconds": "INSTANT_ORDERS_SHUTDOWN_GRACE",
     "log_level": "INSTANT_ORDERS_LOG_LEVEL",
     "fulfillment_timeout_seconds": "INSTANT_ORDERS_FULFILLMENT_TIMEOUT",
+    "fulfillment_batch": "INSTANT_ORDERS_FULFILLMENT_BATCH",
 }
 
 
@@ -31,10 +32,15 @@ class Settings:
     #: How long a PROCESSING order may wait for a code before it is cancelled
     #: and refunded.
     fulfillment_timeout_seconds: float = 86400.0
+    #: Orders completed or cancelled per transaction (one fsync); 1 gives each
+    #: its own transaction.
+    fulfillment_batch: int = 500
 
     def __post_init__(self) -> None:
         if not self.fulfillment_timeout_seconds > 0:
             raise ValueError("the fulfillment timeout must be a positive number of seconds")
+        if self.fulfillment_batch < 1:
+            raise ValueError("the fulfillment batch must be 1 or more")
 
     @property
     def fulfillment_timeout(self) -> timedelta:

@@ -7,11 +7,14 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parents[1]
+_LOGS: dict[int, IO[str]] = {}
 
 
 def command(*args: str) -> list[str]:
@@ -25,14 +28,27 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
 
 
 def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+    """Starts `instant-orders ARGS`. Its stdout is a pipe; its log (stderr) goes to a
+    temporary file, so that a chatty process never blocks on a pipe nobody reads
+    (see `log_of`)."""
+    log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the process
+    process = subprocess.Popen(
         command(*args),
         cwd=ROOT,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=log,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
+    _LOGS[process.pid] = log
+    return process
+
+
+def log_of(process: subprocess.Popen[str]) -> str:
+    """Everything the process wrote to stderr so far."""
+    log = _LOGS[process.pid]
+    log.seek(0)
+    return log.read()
 
 
 def unused_port() -> int:

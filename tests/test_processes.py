@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.demo import SESSION_MARKER
 from tests.conftest import DATASET
-from tests.processes import eventually, run_cli, start, stop, unused_port
+from tests.processes import eventually, log_of, run_cli, start, stop, unused_port
 
 
 async def healthy(url: str) -> bool:
@@ -94,7 +94,7 @@ async def test_sigterm_finishes_requests_in_flight_and_exits_cleanly(tmp_path):
     finally:
         stop(process)
     assert exit_code == 0
-    assert "Traceback" not in process.stderr.read()
+    assert "Traceback" not in log_of(process)
     with sqlite3.connect(database) as db:
         stored = {number for (number,) in db.execute("SELECT client_order_number FROM orders")}
     assert {number for _, number in answered} <= stored, "an acknowledged order was lost"

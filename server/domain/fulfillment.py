@@ -112,7 +112,7 @@ class Fulfiller:
         completed = await self._complete(now)
         changed = [*cancelled, *completed]
         if changed:
-            log.info("fulfillment: %d completed, %d cancelled", len(completed), len(cancelled))
+            log.debug("fulfillment: %d completed, %d cancelled", len(completed), len(cancelled))
             if self._on_change:
                 self._on_change(changed)
         return len(changed)

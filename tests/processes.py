@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO
 
+import aiohttp
+
 ROOT = Path(__file__).resolve().parents[1]
 _LOGS: dict[int, IO[str]] = {}
 
@@ -74,3 +76,12 @@ def stop(process: subprocess.Popen[str], timeout: float = 15.0) -> int:
     finally:
         if process.poll() is None:
             process.kill()
+
+
+async def healthy(url: str) -> bool:
+    """Whether the gateway at `url` (its /healthz) answers 200."""
+    try:
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            return response.status == 200
+    except aiohttp.ClientError:
+        return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import random
 import signal
 import sqlite3
@@ -22,7 +23,7 @@ from server.domain.service import InstantOrdersService, utc_now
 from server.store.sqlite import SqliteStore
 from tests.conftest import DATASET
 from tests.helpers import assert_fulfillment_consistent
-from tests.processes import eventually, log_of, run_cli, start, stop, unused_port
+from tests.processes import eventually, healthy, log_of, run_cli, start, stop, unused_port
 from tests.test_watch import next_event
 
 SKU = "JPY-NT-1000"  # no stock in the dataset
@@ -82,14 +83,6 @@ def codes_by_order(database: str) -> dict[str, str]:
         return dict(rows.fetchall())
 
 
-async def healthy(url: str) -> bool:
-    try:
-        async with aiohttp.ClientSession() as session, session.get(url) as response:
-            return response.status == 200
-    except aiohttp.ClientError:
-        return False
-
-
 async def test_codes_added_by_another_process_complete_waiting_orders_within_a_second(tmp_path):
     prepared = await prepare(tmp_path, waiting=5)
     http_port = unused_port()
@@ -117,10 +110,23 @@ async def test_codes_added_by_another_process_complete_waiting_orders_within_a_s
             await eventually(three_completed, timeout=1.0)
             name, pushed = await asyncio.wait_for(next_event(events), timeout=5)
             assert (name, pushed["data"]["status"]) == ("message", "COMPLETED")
+
+            dataset = tmp_path / "more-codes.json"  # `admin load` restocks as well
+            more = [{"sku": SKU, "redeemCode": f"NIN-{n:05}"} for n in (3, 4)]
+            dataset.write_text(json.dumps({"codes": more}))
+            loaded = await asyncio.to_thread(
+                run_cli, "admin", "--database", prepared.database, "load", str(dataset)
+            )
+            assert loaded.returncode == 0, loaded.stderr
+
+            async def all_completed() -> bool:
+                return statuses(prepared.database) == {"COMPLETED": 5}
+
+            await eventually(all_completed, timeout=1.0)
     finally:
         assert stop(process) == 0
-    # First come, first served: the oldest three, in order.
-    expected = dict(zip(prepared.waiting, ["NIN-00000", "NIN-00001", "NIN-00002"], strict=False))
+    # First come, first served: the oldest first, in order.
+    expected = dict(zip(prepared.waiting, [f"NIN-{n:05}" for n in range(5)], strict=True))
     assert codes_by_order(prepared.database) == expected
     assert_fulfillment_consistent(prepared.database)
 

@@ -14,15 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.demo import SESSION_MARKER
 from tests.conftest import DATASET
-from tests.processes import eventually, log_of, run_cli, start, stop, unused_port
-
-
-async def healthy(url: str) -> bool:
-    try:
-        async with aiohttp.ClientSession() as session, session.get(url) as response:
-            return response.status == 200
-    except aiohttp.ClientError:
-        return False
+from tests.processes import eventually, healthy, log_of, run_cli, start, stop, unused_port
 
 
 def read_session(process: subprocess.Popen[str]) -> str:

@@ -192,16 +192,19 @@ class SqliteStore:
             _credit(db, account_id, Money.from_minor(minor, currency), at, "REFUND", stock_id)
             return stock_id
 
-        def work(db: sqlite3.Connection) -> list[int]:
-            overdue = db.execute(
+        def overdue(db: sqlite3.Connection, limit: int) -> list[tuple[int, int, str, int]]:
+            return db.execute(
                 "SELECT id, account_id, pay_currency, unit_price_minor FROM orders"
                 " WHERE status = 'PROCESSING' AND created_at_us < ?"
                 " ORDER BY created_at_us LIMIT ?",
                 (_micros(created_before), limit),
             ).fetchall()
-            return _each_atomically(db, overdue, cancel)
 
-        return await self._write(work)
+        # Asked every pass: look on the reader first, and take the write lock
+        # from the order path only when something is overdue.
+        if not await self._read(lambda db: overdue(db, 1)):
+            return []
+        return await self._write(lambda db: _each_atomically(db, overdue(db, limit), cancel))
 
     async def finished_among(self, stock_ids: Collection[int]) -> list[int]:
         def work(db: sqlite3.Connection) -> list[int]:

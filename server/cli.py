@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import fields
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ from server import demo, logs
 from server.domain import admin
 from server.domain.ports import DataConflict
 from server.domain.service import utc_now
-from server.runtime import serve, work
+from server.keys import KeyFileError, add_code_key
+from server.runtime import open_store, serve, work
 from server.settings import ENVIRONMENT, Settings
 from server.store.sqlite import SchemaTooNew, SqliteStore
 
@@ -35,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.log_level)
     try:
         result: int = args.run(args, settings)
-    except (admin.InvalidInput, DataConflict, SchemaTooNew, OSError) as error:
+    except (admin.InvalidInput, DataConflict, SchemaTooNew, KeyFileError, OSError) as error:
         print(f"instant-orders: {error}", file=sys.stderr)
         return 1
     return result
@@ -46,15 +48,24 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     both = commands.add_parser("serve", help="run the gRPC server and the REST gateway")
-    _serving_options(both, "database", "grpc_listen", "http_listen", "fulfillment_timeout_seconds")
+    _serving_options(
+        both,
+        "database",
+        "grpc_listen",
+        "http_listen",
+        "fulfillment_timeout_seconds",
+        "secret_key_file",
+    )
     both.set_defaults(run=lambda args, s: _serve(s, grpc=True, gateway=True))
 
     grpc_only = commands.add_parser("server", help="run the gRPC server alone")
-    _serving_options(grpc_only, "database", "grpc_listen", "fulfillment_timeout_seconds")
+    _serving_options(
+        grpc_only, "database", "grpc_listen", "fulfillment_timeout_seconds", "secret_key_file"
+    )
     grpc_only.set_defaults(run=lambda args, s: _serve(s, grpc=True, gateway=False))
 
     worker = commands.add_parser("worker", help="run the fulfiller alone (the server runs one too)")
-    _serving_options(worker, "database", "fulfillment_timeout_seconds")
+    _serving_options(worker, "database", "fulfillment_timeout_seconds", "secret_key_file")
     worker.set_defaults(run=lambda args, s: _work(s))
 
     gateway = commands.add_parser("gateway", help="run the REST gateway alone")
@@ -64,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     demo_command = commands.add_parser(
         "demo", help="serve a fresh demo database and print a curl session to try it"
     )
-    _serving_options(demo_command, "grpc_listen", "http_listen")
+    _serving_options(demo_command, "grpc_listen", "http_listen", "secret_key_file")
     demo_command.add_argument("--database", default="demo.db", help="recreated on every start")
     demo_command.set_defaults(run=lambda args, s: demo.run(s))
 
@@ -80,6 +91,8 @@ def _serving_options(parser: argparse.ArgumentParser, *names: str) -> None:
         "upstream": "HOST:PORT of the gRPC server the gateway calls",
         "fulfillment_timeout_seconds": "SECONDS a PROCESSING order may wait for a code before "
         "it is cancelled and refunded (default 86400)",
+        "secret_key_file": "key file of the token signing key and the code data keys, made "
+        "with mode 0600 if missing (default: the database path + .key)",
     }
     for name in names:
         parser.add_argument(
@@ -92,7 +105,7 @@ def _serving_options(parser: argparse.ArgumentParser, *names: str) -> None:
 
 def _admin_commands(commands: Any) -> None:
     parser = commands.add_parser("admin", help="change the data: load, add-codes, top-up, set-rate")
-    parser.add_argument("--database", help=f"SQLite database file (env {ENVIRONMENT['database']})")
+    _serving_options(parser, "database", "secret_key_file")
     actions = parser.add_subparsers(required=True, metavar="ACTION")
 
     load = actions.add_parser("load", help="add accounts, products, codes and rates from JSON")
@@ -120,6 +133,32 @@ def _admin_commands(commands: Any) -> None:
     rate.add_argument("--as-of", help="the date the rate took effect (default: today)")
     rate.set_defaults(run=lambda args, s: _admin(s, _set_rate(args.pair, args.rate, args.as_of)))
 
+    create_key = actions.add_parser(
+        "create-key", help="give an account a new API key (at most two active: for rotation)"
+    )
+    create_key.add_argument("--account", type=int, required=True, help="account id")
+    create_key.set_defaults(run=lambda args, s: _admin(s, _create_key(args.account)))
+
+    disable_key = actions.add_parser(
+        "disable-key", help="disable an API key: its tokens are refused at once"
+    )
+    disable_key.add_argument("--key", required=True, help="the API key")
+    disable_key.set_defaults(run=lambda args, s: _admin(s, _disable_key(args.key)))
+
+    rotate = actions.add_parser(
+        "rotate-code-key", help="add a new data key to the key file and re-encrypt every code"
+    )
+    rotate.set_defaults(run=lambda args, s: _admin(s, _rotate_code_key(s.key_file)))
+
+    audit = actions.add_parser("audit", help="print an account's audit trail as JSON lines")
+    audit.add_argument("--account", type=int, required=True, help="account id")
+    audit.add_argument(
+        "--since", type=_moment, default=_EPOCH, help="ISO 8601 time, e.g. 2026-11-27T10:00Z"
+    )
+    audit.set_defaults(
+        run=lambda args, s: _admin(s, _audit(args.account, args.since), json_lines=True)
+    )
+
 
 def _settings(args: argparse.Namespace) -> Settings:
     """Flags first, then environment variables, then the defaults."""
@@ -144,18 +183,71 @@ def _work(settings: Settings) -> int:
 
 
 AdminAction = Callable[[SqliteStore], Awaitable[Any]]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _admin(settings: Settings, action: AdminAction) -> int:
+def _admin(settings: Settings, action: AdminAction, *, json_lines: bool = False) -> int:
     async def run() -> Any:
-        store = await SqliteStore.open(settings.database)
+        store = await open_store(settings)
         try:
             return await action(store)
         finally:
             await store.close()
 
-    print(json.dumps(asyncio.run(run())))
+    result = asyncio.run(run())
+    for item in result if json_lines else [result]:
+        print(json.dumps(item))
     return 0
+
+
+def _moment(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _create_key(account_id: int) -> AdminAction:
+    async def action(store: SqliteStore) -> Any:
+        api_key, api_secret = await admin.create_api_key(store, account_id, utc_now())
+        return {"accountId": account_id, "apiKey": api_key, "apiSecret": api_secret}
+
+    return action
+
+
+def _disable_key(api_key: str) -> AdminAction:
+    async def action(store: SqliteStore) -> Any:
+        account_id = await store.disable_api_key(api_key, utc_now())
+        return {"accountId": account_id, "apiKey": api_key, "disabled": True}
+
+    return action
+
+
+def _rotate_code_key(key_file: str) -> AdminAction:
+    async def action(store: SqliteStore) -> Any:
+        ring = add_code_key(key_file)
+        resealed = 0
+        while count := await store.reseal_codes(limit=1000):  # one transaction per 1000
+            resealed += count
+        return {"activeCodeKey": ring.active_code_key, "reencrypted": resealed}
+
+    return action
+
+
+def _audit(account_id: int, since: datetime) -> AdminAction:
+    async def action(store: SqliteStore) -> Any:
+        return [
+            {
+                "at": record.at.isoformat().replace("+00:00", "Z"),
+                "event": record.event.value,
+                "accountId": record.account_id,
+                "apiKey": record.api_key,
+                "requestId": record.request_id,
+                "transactionId": record.transaction_id,
+                "details": record.details,
+            }
+            for record in await store.audit_trail(account_id, since)
+        ]
+
+    return action
 
 
 def _load(path: Path) -> AdminAction:

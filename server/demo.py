@@ -11,9 +11,8 @@ from typing import Any
 
 from server.domain.admin import CreatedAccount, load_dataset
 from server.domain.service import utc_now
-from server.runtime import local_host, serve
+from server.runtime import local_host, open_store, serve
 from server.settings import Settings
-from server.store.sqlite import SqliteStore
 
 #: Printed before the session, so that tests and scripts can find it.
 SESSION_MARKER = "# --- try it: paste these lines into a shell ---"
@@ -22,13 +21,15 @@ SESSION_MARKER = "# --- try it: paste these lines into a shell ---"
 def run(settings: Settings) -> int:
     for suffix in ("", "-wal", "-shm"):
         Path(settings.database + suffix).unlink(missing_ok=True)
+    if not settings.secret_key_file:  # the demo's own key file, beside its database
+        Path(settings.key_file).unlink(missing_ok=True)
     document = json.loads(resources.files("server").joinpath("demo_data/dataset.json").read_text())
     asyncio.run(_run(settings, document))
     return 0
 
 
 async def _run(settings: Settings, document: Any) -> None:
-    account = await _load(settings.database, document)
+    account = await _load(settings, document)
 
     def print_session(ports: dict[str, int]) -> None:
         print(curl_session(f"http://{local_host(settings.http_listen)}:{ports['http']}", account))
@@ -38,8 +39,8 @@ async def _run(settings: Settings, document: Any) -> None:
     await serve(settings, on_ready=print_session)
 
 
-async def _load(path: str, document: Any) -> CreatedAccount:
-    store = await SqliteStore.open(path)
+async def _load(settings: Settings, document: Any) -> CreatedAccount:
+    store = await open_store(settings)
     try:
         (account,) = await load_dataset(store, document, utc_now())
     finally:

@@ -12,6 +12,7 @@ from typing import Any
 from gateway.app import GatewaySettings, start_gateway
 from server.domain.fulfillment import Fulfiller, InventorySource
 from server.domain.service import InstantOrdersService, utc_now
+from server.keys import CodeCipher, load_or_create
 from server.rpc.app import RunningServer, start_server
 from server.settings import Settings
 from server.store.sqlite import SqliteStore
@@ -55,7 +56,7 @@ async def serve(
 async def work(settings: Settings) -> None:
     """Runs the fulfiller alone (`instant-orders worker`) until SIGTERM or SIGINT."""
     stop = _stop_on_signals()
-    store = await SqliteStore.open(settings.database)
+    store = await open_store(settings)
     try:
         async with _background(_fulfiller(settings, store).run()):
             log.info("fulfilling orders from %s", settings.database)
@@ -67,9 +68,10 @@ async def work(settings: Settings) -> None:
 
 @contextlib.asynccontextmanager
 async def _grpc_server(settings: Settings) -> AsyncIterator[RunningServer]:
-    store = await SqliteStore.open(settings.database)
+    store = await open_store(settings)
     try:
-        service = await InstantOrdersService.open(store, settings.token_lifetime)
+        signing_key = load_or_create(settings.key_file).token_signing_key
+        service = InstantOrdersService.open(store, signing_key, settings.token_lifetime)
         fulfiller = _fulfiller(settings, store, on_change=service.updates.notify)
         async with _background(fulfiller.run(), service.updates.run()):
             server = await start_server(service, settings.grpc_listen)
@@ -82,6 +84,11 @@ async def _grpc_server(settings: Settings) -> AsyncIterator[RunningServer]:
                 await server.stop(settings.shutdown_grace_seconds)
     finally:
         await store.close()
+
+
+async def open_store(settings: Settings) -> SqliteStore:
+    """The database, its codes sealed with the data keys of the key file."""
+    return await SqliteStore.open(settings.database, CodeCipher(settings.key_file))
 
 
 def _fulfiller(

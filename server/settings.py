@@ -15,6 +15,7 @@ ENVIRONMENT = {
     "log_level": "INSTANT_ORDERS_LOG_LEVEL",
     "fulfillment_timeout_seconds": "INSTANT_ORDERS_FULFILLMENT_TIMEOUT",
     "fulfillment_batch": "INSTANT_ORDERS_FULFILLMENT_BATCH",
+    "secret_key_file": "INSTANT_ORDERS_SECRET_KEY_FILE",
 }
 
 
@@ -35,12 +36,19 @@ class Settings:
     #: Orders completed or cancelled per transaction (one fsync); 1 gives each
     #: its own transaction.
     fulfillment_batch: int = 500
+    #: The key file (token signing key, code data keys); "" means the
+    #: database's path + ".key". Keep it apart from database backups.
+    secret_key_file: str = ""
 
     def __post_init__(self) -> None:
         if not self.fulfillment_timeout_seconds > 0:
             raise ValueError("the fulfillment timeout must be a positive number of seconds")
         if self.fulfillment_batch < 1:
             raise ValueError("the fulfillment batch must be 1 or more")
+
+    @property
+    def key_file(self) -> str:
+        return self.secret_key_file or f"{self.database}.key"
 
     @property
     def fulfillment_timeout(self) -> timedelta:

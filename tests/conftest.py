@@ -20,6 +20,7 @@ from server.domain.service import InstantOrdersService, utc_now
 from server.rpc.app import start_server
 from server.store.sqlite import SqliteStore
 from tests.api import Account, GrpcApi, RestApi
+from tests.helpers import open_store, signing_key
 
 #: The catalogue of the tests: the reference's SKUs and its EUR/USD example.
 DATASET: dict[str, Any] = {
@@ -58,14 +59,14 @@ def database(tmp_path: Path) -> str:
 
 @pytest.fixture
 async def store(database: str) -> AsyncIterator[SqliteStore]:
-    store = await SqliteStore.open(database)
+    store = await open_store(database)
     yield store
     await store.close()
 
 
 @pytest.fixture
-async def service(store: SqliteStore) -> InstantOrdersService:
-    return await InstantOrdersService.open(store, timedelta(hours=1))
+async def service(store: SqliteStore, database: str) -> InstantOrdersService:
+    return InstantOrdersService.open(store, signing_key(database), timedelta(hours=1))
 
 
 @pytest.fixture

@@ -6,6 +6,22 @@ import sqlite3
 from decimal import Decimal
 from typing import Any
 
+from server.keys import CodeCipher, load_or_create
+from server.store.sqlite import SqliteStore
+
+
+async def open_store(database: str) -> SqliteStore:
+    """Another connection to the test database, with the key file beside it."""
+    return await SqliteStore.open(database, CodeCipher(key_file(database)))
+
+
+def key_file(database: str) -> str:
+    return database + ".key"
+
+
+def signing_key(database: str) -> bytes:
+    return load_or_create(key_file(database)).token_signing_key
+
 
 def snapshot(database: str) -> dict[str, Any]:
     """Everything an order may change: balances, ledger, orders and sold codes."""
@@ -82,7 +98,31 @@ def assert_fulfillment_consistent(database: str) -> None:
         for stock_id, status, _, debits, refunds, ledger_rows, codes in rows:
             assert (debits, refunds, ledger_rows, codes) == expected[status], (stock_id, status)
         (codes_sold_twice,) = db.execute(
-            "SELECT count(*) FROM (SELECT sku, redeem_code FROM codes WHERE order_id IS NOT NULL"
-            " GROUP BY sku, redeem_code HAVING count(*) > 1)"
+            "SELECT count(*) FROM (SELECT sku, fingerprint FROM codes WHERE order_id IS NOT NULL"
+            " GROUP BY sku, fingerprint HAVING count(*) > 1)"
         ).fetchone()
         assert codes_sold_twice == 0, "a code was sold on two orders"
+
+
+def stored_codes(database: str) -> list[tuple[str | None, str, str | None]]:
+    """(transaction id of the order it went to, redeem code, PIN) of every code, opened
+    with the key file, in the order they were stocked."""
+    cipher = CodeCipher(key_file(database))
+    with sqlite3.connect(database) as db:
+        rows = db.execute(
+            "SELECT o.transaction_id, c.id, c.key_id, c.redeem_code, c.pin_code"
+            " FROM codes c LEFT JOIN orders o ON o.id = c.order_id ORDER BY c.id"
+        ).fetchall()
+    return [
+        (
+            transaction_id,
+            cipher.open(code_id, "redeemCode", key_id, redeem),
+            None if pin is None else cipher.open(code_id, "pinCode", key_id, pin),
+        )
+        for transaction_id, code_id, key_id, redeem, pin in rows
+    ]
+
+
+def sold_codes(database: str) -> dict[str, str]:
+    """transaction id -> the redeem code it got."""
+    return {tx: code for tx, code, _ in stored_codes(database) if tx is not None}

@@ -7,9 +7,8 @@ import sqlite3
 from datetime import timedelta
 
 from server.domain.service import InstantOrdersService
-from server.store.sqlite import SqliteStore
 from tests.conftest import DATASET
-from tests.helpers import assert_invariants
+from tests.helpers import assert_invariants, open_store, signing_key, stored_codes
 from tests.processes import run_cli
 
 
@@ -42,9 +41,9 @@ async def test_load_creates_accounts_whose_secret_gets_a_token(tmp_path, databas
     assert names == ["acme", "globex"]
     acme = output["accounts"][0]
     assert acme["apiKey"].startswith("ak_") and acme["apiSecret"].startswith("sk_")
-    store = await SqliteStore.open(database)
+    store = await open_store(database)
     try:
-        service = await InstantOrdersService.open(store, timedelta(minutes=5))
+        service = InstantOrdersService.open(store, signing_key(database), timedelta(minutes=5))
         token = await service.issue_token("client_credentials", acme["apiKey"], acme["apiSecret"])
         assert token.access_token
     finally:
@@ -100,10 +99,7 @@ def test_add_codes_from_csv(tmp_path, database):
 
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"added": 2}
-    with sqlite3.connect(database) as db:
-        pins = dict(
-            db.execute("SELECT redeem_code, pin_code FROM codes WHERE redeem_code LIKE 'NEW-%'")
-        )
+    pins = {code: pin for _, code, pin in stored_codes(database) if code.startswith("NEW-")}
     assert pins == {"NEW-1": "0001", "NEW-2": None}
     again = admin(database, f"add-codes --sku TTR-WI-YWN --file {csv_file}")
     assert again.returncode == 1, "a code loaded twice could be sold twice"

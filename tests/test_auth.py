@@ -8,6 +8,8 @@ import jwt
 import pytest
 from multidict import CIMultiDict
 
+from tests.helpers import signing_key
+
 TOKEN_PATH = "/v2/auth/token"
 
 
@@ -92,9 +94,11 @@ def forged(account, key: bytes, **claims):
     ],
     ids=["none", "key-only", "token-only", "garbage", "basic", "other-key", "expired", "forged"],
 )
-async def test_calls_without_valid_credentials_are_unauthenticated(api, accounts, store, headers):
+async def test_calls_without_valid_credentials_are_unauthenticated(
+    api, accounts, database, headers
+):
     acme, globex = accounts["acme"], accounts["globex"]
-    key = await store.token_signing_key()
+    key = signing_key(database)
     replacements = {
         "KEY": acme.api_key,
         "OTHER_KEY": globex.api_key,

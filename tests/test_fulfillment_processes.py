@@ -20,9 +20,8 @@ from server.domain import admin
 from server.domain.models import Caller, InstantOrderRequest, OrderStatus
 from server.domain.money import Money
 from server.domain.service import InstantOrdersService, utc_now
-from server.store.sqlite import SqliteStore
 from tests.conftest import DATASET
-from tests.helpers import assert_fulfillment_consistent
+from tests.helpers import assert_fulfillment_consistent, open_store, signing_key, sold_codes
 from tests.processes import eventually, healthy, log_of, run_cli, start, stop, unused_port
 from tests.test_watch import next_event
 
@@ -41,16 +40,19 @@ async def prepare(tmp_path: Path, waiting: int, overdue: int = 0) -> Prepared:
     """A database with `waiting` PROCESSING orders for SKU, and `overdue` ones placed
     two hours ago; acme's bearer headers for the API."""
     database = str(tmp_path / "orders.db")
-    store = await SqliteStore.open(database)
+    store = await open_store(database)
     try:
         (acme, _) = await admin.load_dataset(store, copy.deepcopy(DATASET), utc_now())
         await store.top_up(acme.account_id, Money.parse("100000000", "JPY"), utc_now())
-        service = await InstantOrdersService.open(store, timedelta(hours=1))
+        service = InstantOrdersService.open(store, signing_key(database), timedelta(hours=1))
         token = await service.issue_token("client_credentials", acme.api_key, acme.api_secret)
         caller = Caller(acme.account_id, acme.api_key)
         request = InstantOrderRequest(sku=SKU, pay_with_currency="JPY")
-        two_hours_ago = await InstantOrdersService.open(
-            store, timedelta(hours=1), clock=lambda: utc_now() - timedelta(hours=2)
+        two_hours_ago = InstantOrdersService.open(
+            store,
+            signing_key(database),
+            timedelta(hours=1),
+            clock=lambda: utc_now() - timedelta(hours=2),
         )
         old = [await two_hours_ago.create_instant_order(caller, request) for _ in range(overdue)]
         new = [await service.create_instant_order(caller, request) for _ in range(waiting)]
@@ -73,14 +75,6 @@ def codes_file(tmp_path: Path, count: int, first: int = 0) -> str:
 def statuses(database: str) -> dict[str, int]:
     with sqlite3.connect(database) as db:
         return dict(db.execute("SELECT status, count(*) FROM orders GROUP BY 1").fetchall())
-
-
-def codes_by_order(database: str) -> dict[str, str]:
-    with sqlite3.connect(database) as db:
-        rows = db.execute(
-            "SELECT o.transaction_id, c.redeem_code FROM orders o JOIN codes c ON c.order_id = o.id"
-        )
-        return dict(rows.fetchall())
 
 
 async def test_codes_added_by_another_process_complete_waiting_orders_within_a_second(tmp_path):
@@ -127,7 +121,7 @@ async def test_codes_added_by_another_process_complete_waiting_orders_within_a_s
         assert stop(process) == 0
     # First come, first served: the oldest first, in order.
     expected = dict(zip(prepared.waiting, [f"NIN-{n:05}" for n in range(5)], strict=True))
-    assert codes_by_order(prepared.database) == expected
+    assert sold_codes(prepared.database) == expected
     assert_fulfillment_consistent(prepared.database)
 
 
@@ -182,7 +176,7 @@ async def test_sigkill_during_fulfillment_then_restart_keeps_every_invariant(tmp
     finally:
         assert stop(process) == 0
     assert "Traceback" not in log_of(process)
-    sold = codes_by_order(prepared.database)
+    sold = sold_codes(prepared.database)
     assert set(sold) == set(prepared.waiting[:1000]), "not first come, first served"
     assert len(set(sold.values())) == 1000
     assert_fulfillment_consistent(prepared.database)

@@ -17,6 +17,7 @@ from server.domain.ports import NewCode
 from server.domain.service import utc_now
 from server.store.sqlite import SqliteStore
 from tests.conftest import make_fulfiller
+from tests.helpers import open_store
 from tests.processes import eventually
 
 SKU = "TTR-WI-YWN"  # one code in stock
@@ -218,7 +219,7 @@ async def test_a_change_made_by_another_process_reaches_the_watcher(
         response = await http.get(f"/v2/orders/{transaction_id}/events", headers=acme.headers())
         assert (await next_event(response))[1]["data"]["status"] == "PROCESSING"
 
-        worker_store = await SqliteStore.open(database)
+        worker_store = await open_store(database)
         try:
             await restock(worker_store)
             assert await make_fulfiller(worker_store).run_once() == 1

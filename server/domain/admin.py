@@ -52,6 +52,18 @@ async def load_dataset(store: Store, document: Any, now: datetime) -> list[Creat
     ]
 
 
+#: Two, so that a key can be rotated without downtime: create the new one,
+#: move the clients over, disable the old one.
+MAX_ACTIVE_KEYS = 2
+
+
+async def create_api_key(store: Store, account_id: int, now: datetime) -> tuple[str, str]:
+    """A new API key and secret for the account; the secret is shown only now."""
+    api_key, api_secret = new_api_key(), new_api_secret()
+    await store.create_api_key(account_id, api_key, hash_secret(api_secret), now, MAX_ACTIVE_KEYS)
+    return api_key, api_secret
+
+
 def parse_dataset(document: Any, now: datetime) -> tuple[Dataset, list[str]]:
     """The dataset, and the new accounts' plain secrets in the same order."""
     root = _object(document, "the dataset", required=set(), optional=_SECTIONS)

@@ -127,19 +127,43 @@ class Page(Generic[T]):
 
 @dataclass(frozen=True)
 class ApiCredentials:
-    """What the store knows of an API key: whose it is and its secret's hash."""
+    """What the store knows of an API key: whose it is, its secret's hash, whether it is on."""
 
     api_key: str
     account_id: int
     secret_hash: str
+    active: bool = True
 
 
 @dataclass(frozen=True)
 class Caller:
-    """The authenticated account behind a request."""
+    """The authenticated account behind a request, and the request's id (for the audit)."""
 
     account_id: int
     api_key: str
+    request_id: str = ""
+
+
+class AuditEvent(enum.Enum):
+    ORDER_CREATED = "ORDER_CREATED"
+    ORDER_COMPLETED = "ORDER_COMPLETED"
+    ORDER_CANCELLED = "ORDER_CANCELLED"
+    CODES_REVEALED = "CODES_REVEALED"
+    KEY_CREATED = "KEY_CREATED"
+    KEY_DISABLED = "KEY_DISABLED"
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One line of the audit trail: what happened, to which order, on whose behalf."""
+
+    at: datetime
+    event: AuditEvent
+    account_id: int | None
+    api_key: str | None = None
+    request_id: str | None = None
+    transaction_id: str | None = None
+    details: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

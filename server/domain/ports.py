@@ -15,6 +15,8 @@ from typing import Protocol
 
 from server.domain.models import (
     ApiCredentials,
+    AuditRecord,
+    Caller,
     ExchangeRate,
     InstantOrderRequest,
     Order,
@@ -58,14 +60,15 @@ class DataConflict(Exception):
 class Store(Protocol):
     async def place_instant_order(
         self,
-        account_id: int,
+        caller: Caller,
         request: InstantOrderRequest,
         transaction_id: str,
         now: datetime,
         decide: Callable[[OrderFacts], OrderPlan],
     ) -> Order:
         """Reads the facts, lets `decide` apply the rules, then debits, reserves a
-        code if one is in stock and records the order, all in one transaction."""
+        code if one is in stock and records the order and its audit rows, all in
+        one transaction."""
         ...
 
     async def get_order(self, account_id: int, transaction_id: str) -> Order | None: ...
@@ -117,8 +120,26 @@ class Store(Protocol):
 
     async def credentials(self, api_key: str) -> ApiCredentials | None: ...
 
-    async def token_signing_key(self) -> bytes:
-        """A random key made when the database was created, shared by all processes."""
+    async def api_key_active(self, api_key: str, account_id: int) -> bool:
+        """Whether the key exists, belongs to the account and is not disabled."""
+        ...
+
+    async def record_audit(self, record: AuditRecord) -> None: ...
+
+    async def audit_trail(self, account_id: int, since: datetime) -> list[AuditRecord]: ...
+
+    async def create_api_key(
+        self, account_id: int, api_key: str, secret_hash: str, now: datetime, max_active: int
+    ) -> None:
+        """Adds a key (and its audit row); refuses when the account has `max_active` already."""
+        ...
+
+    async def disable_api_key(self, api_key: str, now: datetime) -> int:
+        """Disables the key (and writes its audit row); returns its account's id."""
+        ...
+
+    async def reseal_codes(self, limit: int) -> int:
+        """Re-encrypts up to `limit` codes under the active data key; returns how many."""
         ...
 
     async def load(self, dataset: Dataset, now: datetime) -> list[int]:

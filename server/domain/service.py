@@ -17,6 +17,8 @@ from server.domain.auth import (
 )
 from server.domain.errors import ApiError, Reason, invalid_request
 from server.domain.models import (
+    AuditEvent,
+    AuditRecord,
     Caller,
     CodesFilter,
     ExchangeRate,
@@ -82,11 +84,14 @@ class InstantOrdersService:
         self.updates = updates
 
     @classmethod
-    async def open(
-        cls, store: Store, token_lifetime: timedelta, clock: Callable[[], datetime] = utc_now
+    def open(
+        cls,
+        store: Store,
+        signing_key: bytes,
+        token_lifetime: timedelta,
+        clock: Callable[[], datetime] = utc_now,
     ) -> InstantOrdersService:
-        key = await store.token_signing_key()
-        return cls(store, TokenSigner(key, token_lifetime), OrderUpdates(store), clock)
+        return cls(store, TokenSigner(signing_key, token_lifetime), OrderUpdates(store), clock)
 
     # --- authentication -------------------------------------------------------------
 
@@ -103,12 +108,18 @@ class InstantOrdersService:
         stored_hash = credentials.secret_hash if credentials else DUMMY_SECRET_HASH
         # scrypt takes tens of milliseconds: keep it off the event loop.
         matches = await asyncio.to_thread(partial(verify_secret, client_secret, stored_hash))
-        if credentials is None or not matches:
+        # One answer for an unknown key, a wrong secret and a disabled key.
+        if credentials is None or not matches or not credentials.active:
             raise ApiError(Reason.invalid_client)
         return self._tokens.issue(Caller(credentials.account_id, client_id), self._clock())
 
-    def authenticate(self, api_key: str, authorization: str) -> Caller:
-        return self._tokens.verify(api_key, authorization, self._clock())
+    async def authenticate(self, api_key: str, authorization: str, request_id: str) -> Caller:
+        """The caller, if the token is valid for the key and the key is still enabled:
+        disabling a key rejects its tokens at once, in every process."""
+        caller = self._tokens.verify(api_key, authorization, self._clock())
+        if not await self._store.api_key_active(caller.api_key, caller.account_id):
+            raise ApiError(Reason.UNAUTHENTICATED)
+        return Caller(caller.account_id, caller.api_key, request_id)
 
     # --- orders ---------------------------------------------------------------------
 
@@ -119,7 +130,7 @@ class InstantOrdersService:
         # answer UNSUPPORTED_CURRENCY for one that is not ISO 4217.
         check_text("payWithCurrency", request.pay_with_currency, MAX_CURRENCY_LENGTH)
         return await self._store.place_instant_order(
-            caller.account_id,
+            caller,
             request,
             transaction_id=new_transaction_id(),
             now=self._clock(),
@@ -168,6 +179,19 @@ class InstantOrdersService:
         if codes_filter.sku and codes_filter.sku != order.sku:
             return []
         codes = [code for code in codes_of(order) if matches(code, codes_filter)]
+        if any(code.redeem_code is not None for code in codes):
+            # Written before the codes leave: no code is revealed unrecorded.
+            await self._store.record_audit(
+                AuditRecord(
+                    self._clock(),
+                    AuditEvent.CODES_REVEALED,
+                    caller.account_id,
+                    caller.api_key,
+                    caller.request_id,
+                    transaction_id,
+                    {"stockIds": ",".join(str(code.stock_id) for code in codes)},
+                )
+            )
         return [ProductCodes(sku=order.sku, quantity=order.quantity, codes=codes)]
 
     # --- catalogue, balances, rates -------------------------------------------------

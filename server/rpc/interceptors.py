@@ -79,7 +79,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Lets a call through only with an x-api-key and a bearer token of that key."""
 
-    def __init__(self, authenticate: Callable[[str, str], Caller], public_methods: set[str]):
+    def __init__(
+        self,
+        authenticate: Callable[[str, str, str], Awaitable[Caller]],
+        public_methods: set[str],
+    ):
         self._authenticate = authenticate
         self._public_methods = public_methods
 
@@ -104,7 +108,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             authorizations = _values(metadata, "authorization")
             if len(api_keys) != 1 or len(authorizations) != 1:
                 raise ApiError(Reason.UNAUTHENTICATED)
-            _CALLER.set(self._authenticate(api_keys[0], authorizations[0]))
+            caller = await self._authenticate(api_keys[0], authorizations[0], REQUEST_ID.get())
+            _CALLER.set(caller)
             yield
 
         return _wrap(handler, authenticated)

@@ -1,10 +1,17 @@
 """The SQLite schema. Money is stored as integer minor units, rates as exact decimal text.
 
 MIGRATIONS[n] takes a database from schema version n to n + 1 (PRAGMA
-user_version); a new database runs them all. Never edit a released step: add one.
+user_version); a new database runs them all. Never edit a released step: add
+one. A step is SQL, or a function for what SQL cannot do (encrypting).
 """
 
-# Statements are split on ";", so comments must not contain one.
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+from server.keys import CodeCipher
+
 _INITIAL = """
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
@@ -107,5 +114,68 @@ CREATE INDEX waiting_orders ON orders (sku, id) WHERE status = 'PROCESSING';
 CREATE INDEX waiting_since ON orders (created_at_us) WHERE status = 'PROCESSING';
 """
 
-MIGRATIONS: tuple[str, ...] = (_INITIAL, _FULFILLMENT)
+_SECURITY = """
+-- The token signing key lives in the key file now, not beside the data.
+DELETE FROM meta WHERE key = 'token_signing_key';
+
+ALTER TABLE api_keys ADD COLUMN disabled_at_us INTEGER;
+CREATE INDEX api_keys_by_account ON api_keys (account_id);
+
+-- Codes sealed with AES-GCM (see server/keys.py): key_id names the data key,
+-- fingerprint (an HMAC of sku and code) keeps a code from being stocked twice.
+CREATE TABLE sealed_codes (
+    id            INTEGER PRIMARY KEY,
+    sku           TEXT NOT NULL REFERENCES products(sku),
+    fingerprint   BLOB NOT NULL,
+    redeem_code   BLOB NOT NULL,
+    pin_code      BLOB,
+    key_id        INTEGER NOT NULL,
+    order_id      INTEGER UNIQUE REFERENCES orders(id),
+    added_at_us   INTEGER NOT NULL,
+    UNIQUE (sku, fingerprint)
+);
+
+-- Who did what, written in the transaction of the event itself. Append-only.
+CREATE TABLE audit (
+    id             INTEGER PRIMARY KEY,
+    at_us          INTEGER NOT NULL,
+    event          TEXT NOT NULL,
+    account_id     INTEGER,
+    api_key        TEXT,
+    request_id     TEXT,
+    transaction_id TEXT,
+    details        TEXT  -- JSON
+);
+CREATE INDEX audit_by_account ON audit (account_id, at_us);
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+"""
+
+
+def _seal_codes(db: sqlite3.Connection, cipher: CodeCipher) -> None:
+    """Moves the codes of schema 2 into sealed_codes, encrypted, keeping their ids."""
+    rows = db.execute("SELECT id, sku, redeem_code, pin_code, order_id, added_at_us FROM codes")
+    for code_id, sku, redeem_code, pin_code, order_id, added_at_us in rows.fetchall():
+        db.execute(
+            "INSERT INTO sealed_codes (id, sku, fingerprint, redeem_code, pin_code, key_id,"
+            " order_id, added_at_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                code_id,
+                sku,
+                cipher.fingerprint(sku, redeem_code),
+                *cipher.seal_code(code_id, redeem_code, pin_code),
+                cipher.active_key_id,
+                order_id,
+                added_at_us,
+            ),
+        )
+    db.execute("DROP TABLE codes")
+    db.execute("ALTER TABLE sealed_codes RENAME TO codes")
+    db.execute("CREATE INDEX unsold_codes ON codes (sku, id) WHERE order_id IS NULL")
+
+
+Migration = str | Callable[[sqlite3.Connection, CodeCipher], None]
+MIGRATIONS: tuple[Migration, ...] = (_INITIAL, _FULFILLMENT, _SECURITY, _seal_codes)
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 import sqlite3
 from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -25,6 +25,9 @@ import aiosqlite
 
 from server.domain.models import (
     ApiCredentials,
+    AuditEvent,
+    AuditRecord,
+    Caller,
     DeliveredCode,
     ExchangeRate,
     FxConversion,
@@ -38,6 +41,7 @@ from server.domain.models import (
 from server.domain.money import Money
 from server.domain.orders import OrderFacts, OrderPlan
 from server.domain.ports import DataConflict, Dataset, NewCode
+from server.keys import CodeCipher
 from server.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 T = TypeVar("T")
@@ -48,7 +52,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ORDER_COLUMNS = """
     o.id, o.transaction_id, o.client_order_number, o.sku, o.status, o.pay_currency,
     o.unit_price_minor, o.original_currency, o.unit_price_original_minor, o.fx_rate,
-    o.fx_as_of, o.created_at_us, c.redeem_code, c.pin_code
+    o.fx_as_of, o.created_at_us, c.id, c.key_id, c.redeem_code, c.pin_code
     FROM orders o LEFT JOIN codes c ON c.order_id = o.id
 """
 _PRODUCT_COLUMNS = """
@@ -62,20 +66,29 @@ class SchemaTooNew(RuntimeError):
 
 
 class SqliteStore:
-    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+    def __init__(
+        self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, cipher: CodeCipher
+    ) -> None:
         self._writer = writer
         self._reader = reader
+        self._cipher = cipher
 
     @classmethod
-    async def open(cls, path: str | Path) -> SqliteStore:
+    async def open(cls, path: str | Path, cipher: CodeCipher) -> SqliteStore:
+        """Opens (creating or migrating) the database; codes are sealed with `cipher`."""
         writer = await _connect(path)
         try:
-            await _in_thread(writer, _migrate)
+            if await _in_thread(writer, lambda db: _migrate(db, cipher)):
+                # Copy the migrated pages into the database file at once, so no
+                # pre-migration page (say, a code in the clear) lingers in it.
+                await _in_thread(
+                    writer, lambda db: db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                )
             reader = await _connect(path)
         except BaseException:
             await writer.close()
             raise
-        return cls(writer, reader)
+        return cls(writer, reader, cipher)
 
     async def close(self) -> None:
         await self._reader.close()
@@ -91,12 +104,14 @@ class SqliteStore:
 
     async def place_instant_order(
         self,
-        account_id: int,
+        caller: Caller,
         request: InstantOrderRequest,
         transaction_id: str,
         now: datetime,
         decide: Callable[[OrderFacts], OrderPlan],
     ) -> Order:
+        account_id = caller.account_id
+
         def work(db: sqlite3.Connection) -> Order:
             product = _product_by_sku(db, request.sku)
             facts = OrderFacts(
@@ -115,8 +130,11 @@ class SqliteStore:
                 db, account_id, request, transaction_id, plan, status, created_at_us
             )
             _debit(db, account_id, plan.unit_price, stock_id, created_at_us)
+            audit = _Audit(db, created_at_us, account_id, caller.api_key, caller.request_id)
+            audit(AuditEvent.ORDER_CREATED, transaction_id, sku=request.sku, status=status.value)
             if code is not None:
-                db.execute("UPDATE codes SET order_id = ? WHERE id = ?", (stock_id, code[0]))
+                db.execute("UPDATE codes SET order_id = ? WHERE id = ?", (stock_id, code.id))
+                audit(AuditEvent.ORDER_COMPLETED, transaction_id, stockId=str(stock_id))
             return Order(
                 stock_id=stock_id,
                 transaction_id=transaction_id,
@@ -127,7 +145,7 @@ class SqliteStore:
                 unit_price_original=plan.unit_price_original,
                 fx=plan.fx,
                 created_at=_from_micros(created_at_us),
-                code=None if code is None else DeliveredCode(code[1], code[2]),
+                code=None if code is None else code.opened(self._cipher),
             )
 
         return await self._write(work)
@@ -138,7 +156,7 @@ class SqliteStore:
                 f"SELECT {_ORDER_COLUMNS} WHERE o.transaction_id = ? AND o.account_id = ?",
                 (transaction_id, account_id),
             ).fetchone()
-            return None if row is None else _order(row)
+            return None if row is None else _order(row, self._cipher)
 
         return await self._read(work)
 
@@ -158,7 +176,7 @@ class SqliteStore:
                 f" AND o.sku IN ({_placeholders(skus)}) ORDER BY o.id LIMIT ?",
                 [*skus, limit],
             )
-            return [_order(row) for row in rows]
+            return [_order(row, self._cipher) for row in rows]
 
         return await self._read(work)
 
@@ -175,7 +193,8 @@ class SqliteStore:
             code = _first_unsold_code(db, order.sku)
             if code is None or not _finish(db, order.stock_id, OrderStatus.COMPLETED, at):
                 return None
-            db.execute("UPDATE codes SET order_id = ? WHERE id = ?", (order.stock_id, code[0]))
+            db.execute("UPDATE codes SET order_id = ? WHERE id = ?", (order.stock_id, code.id))
+            _audit_by_fulfiller(db, at, order.stock_id, AuditEvent.ORDER_COMPLETED)
             return order.stock_id
 
         return await self._write(lambda db: _each_atomically(db, orders, complete))
@@ -189,7 +208,11 @@ class SqliteStore:
             stock_id, account_id, currency, minor = order
             if not _finish(db, stock_id, OrderStatus.CANCELLED, at):
                 return None
-            _credit(db, account_id, Money.from_minor(minor, currency), at, "REFUND", stock_id)
+            refund = Money.from_minor(minor, currency)
+            _credit(db, account_id, refund, at, "REFUND", stock_id)
+            _audit_by_fulfiller(
+                db, at, stock_id, AuditEvent.ORDER_CANCELLED, refund=f"{refund.amount} {currency}"
+            )
             return stock_id
 
         def overdue(db: sqlite3.Connection, limit: int) -> list[tuple[int, int, str, int]]:
@@ -239,7 +262,7 @@ class SqliteStore:
                 f"SELECT {_ORDER_COLUMNS} WHERE {condition} ORDER BY o.id DESC LIMIT ? OFFSET ?",
                 [*params, page_size, (page - 1) * page_size],
             ).fetchall()
-            return Page([_order(row) for row in rows], total, page, page_size)
+            return Page([_order(row, self._cipher) for row in rows], total, page, page_size)
 
         return await self._read(work)
 
@@ -284,21 +307,90 @@ class SqliteStore:
     async def credentials(self, api_key: str) -> ApiCredentials | None:
         def work(db: sqlite3.Connection) -> ApiCredentials | None:
             row = db.execute(
-                "SELECT api_key, account_id, secret_hash FROM api_keys WHERE api_key = ?",
+                "SELECT api_key, account_id, secret_hash, disabled_at_us IS NULL FROM api_keys"
+                " WHERE api_key = ?",
                 (api_key,),
             ).fetchone()
-            return None if row is None else ApiCredentials(*row)
+            return None if row is None else ApiCredentials(row[0], row[1], row[2], bool(row[3]))
 
         return await self._read(work)
 
-    async def token_signing_key(self) -> bytes:
-        def work(db: sqlite3.Connection) -> bytes:
-            (key,) = db.execute("SELECT value FROM meta WHERE key = 'token_signing_key'").fetchone()
-            return bytes(key)
+    async def api_key_active(self, api_key: str, account_id: int) -> bool:
+        def work(db: sqlite3.Connection) -> bool:
+            row = db.execute(
+                "SELECT 1 FROM api_keys WHERE api_key = ? AND account_id = ?"
+                " AND disabled_at_us IS NULL",
+                (api_key, account_id),
+            ).fetchone()
+            return row is not None
+
+        return await self._read(work)
+
+    # --- audit ----------------------------------------------------------------------
+
+    async def record_audit(self, record: AuditRecord) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            audit = _Audit(
+                db, _micros(record.at), record.account_id, record.api_key, record.request_id
+            )
+            audit(record.event, record.transaction_id, **record.details)
+
+        await self._write(work)
+
+    async def audit_trail(self, account_id: int, since: datetime) -> list[AuditRecord]:
+        def work(db: sqlite3.Connection) -> list[AuditRecord]:
+            rows = db.execute(
+                "SELECT at_us, event, account_id, api_key, request_id, transaction_id, details"
+                " FROM audit WHERE account_id = ? AND at_us >= ? ORDER BY id",
+                (account_id, _micros(since)),
+            )
+            return [
+                AuditRecord(
+                    _from_micros(at), AuditEvent(event), account, key, request, tx,
+                    json.loads(details),
+                )
+                for at, event, account, key, request, tx, details in rows
+            ]  # fmt: skip
 
         return await self._read(work)
 
     # --- administration -------------------------------------------------------------
+
+    async def create_api_key(
+        self, account_id: int, api_key: str, secret_hash: str, now: datetime, max_active: int
+    ) -> None:
+        at = _micros(now)
+
+        def work(db: sqlite3.Connection) -> None:
+            if db.execute("SELECT 1 FROM accounts WHERE id = ?", (account_id,)).fetchone() is None:
+                raise DataConflict(f"no account has id {account_id}")
+            (active,) = db.execute(
+                "SELECT count(*) FROM api_keys WHERE account_id = ? AND disabled_at_us IS NULL",
+                (account_id,),
+            ).fetchone()
+            if active >= max_active:
+                raise DataConflict(
+                    f"account {account_id} has {active} active keys already: disable one first"
+                )
+            _insert_api_key(db, account_id, api_key, secret_hash, at)
+
+        await self._write(work)
+
+    async def disable_api_key(self, api_key: str, now: datetime) -> int:
+        at = _micros(now)
+
+        def work(db: sqlite3.Connection) -> int:
+            row = db.execute(
+                "SELECT account_id FROM api_keys WHERE api_key = ? AND disabled_at_us IS NULL",
+                (api_key,),
+            ).fetchone()
+            if row is None:
+                raise DataConflict("no active API key has that id")
+            db.execute("UPDATE api_keys SET disabled_at_us = ? WHERE api_key = ?", (at, api_key))
+            _Audit(db, at, row[0], api_key, None)(AuditEvent.KEY_DISABLED, None)
+            return int(row[0])
+
+        return await self._write(work)
 
     async def load(self, dataset: Dataset, now: datetime) -> list[int]:
         at = _micros(now)
@@ -307,17 +399,13 @@ class SqliteStore:
             account_ids = []
             for account in dataset.accounts:
                 account_id = _insert_account(db, account.name, at)
-                db.execute(
-                    "INSERT INTO api_keys (api_key, account_id, secret_hash, created_at_us)"
-                    " VALUES (?, ?, ?, ?)",
-                    (account.api_key, account_id, account.secret_hash, at),
-                )
+                _insert_api_key(db, account_id, account.api_key, account.secret_hash, at)
                 for money in account.balances:
                     _credit(db, account_id, money, at)
                 account_ids.append(account_id)
             for product in dataset.products:
                 _upsert_product(db, product)
-            _insert_codes(db, dataset.codes, at)
+            _insert_codes(db, self._cipher, dataset.codes, at)
             for rate in dataset.rates:
                 _upsert_rate(db, rate)
             return account_ids
@@ -325,7 +413,28 @@ class SqliteStore:
         return await self._write(work)
 
     async def add_codes(self, codes: Sequence[NewCode], now: datetime) -> int:
-        return await self._write(lambda db: _insert_codes(db, codes, _micros(now)))
+        return await self._write(lambda db: _insert_codes(db, self._cipher, codes, _micros(now)))
+
+    async def reseal_codes(self, limit: int) -> int:
+        """Re-encrypts up to `limit` codes not sealed with the active data key (after
+        a rotation, which this reads from the key file); returns how many."""
+        self._cipher.reload()
+
+        def work(db: sqlite3.Connection) -> int:
+            active = self._cipher.active_key_id
+            rows = db.execute(
+                "SELECT id, key_id, redeem_code, pin_code FROM codes WHERE key_id <> ? LIMIT ?",
+                (active, limit),
+            ).fetchall()
+            for row in rows:
+                code = self._cipher.open_code(*row)
+                db.execute(
+                    "UPDATE codes SET redeem_code = ?, pin_code = ?, key_id = ? WHERE id = ?",
+                    (*self._cipher.seal_code(row[0], *code), active, row[0]),
+                )
+            return len(rows)
+
+        return await self._write(work)
 
     async def top_up(self, account_id: int, amount: Money, now: datetime) -> Money:
         def work(db: sqlite3.Connection) -> Money:
@@ -358,6 +467,7 @@ def _configure(db: sqlite3.Connection) -> None:
     db.execute("PRAGMA synchronous = FULL")  # an acknowledged order survives power loss
     db.execute("PRAGMA foreign_keys = ON")
     db.execute("PRAGMA busy_timeout = 5000")  # other processes (admin commands) may write
+    db.execute("PRAGMA secure_delete = ON")  # deleted content is zeroed, not left in free pages
 
 
 def _transaction(db: sqlite3.Connection, mode: str, work: Work[T]) -> T:
@@ -371,26 +481,37 @@ def _transaction(db: sqlite3.Connection, mode: str, work: Work[T]) -> T:
     return result
 
 
-def _migrate(db: sqlite3.Connection) -> None:
-    def work(db: sqlite3.Connection) -> None:
+def _migrate(db: sqlite3.Connection, cipher: CodeCipher) -> bool:
+    """Brings the schema up to date; True if it changed anything."""
+
+    def work(db: sqlite3.Connection) -> bool:
         (version,) = db.execute("PRAGMA user_version").fetchone()
         if version > SCHEMA_VERSION:
             raise SchemaTooNew(
                 f"the database has schema version {version}; this service knows "
                 f"{SCHEMA_VERSION} at most"
             )
-        for step in range(version, SCHEMA_VERSION):
-            for statement in MIGRATIONS[step].split(";"):
-                if statement.strip():
+        for step in MIGRATIONS[version:]:
+            if isinstance(step, str):
+                for statement in _statements(step):
                     db.execute(statement)
-            if step == 0:
-                db.execute(
-                    "INSERT INTO meta (key, value) VALUES ('token_signing_key', ?)",
-                    (secrets.token_bytes(32),),
-                )
+            else:
+                step(db, cipher)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        return bool(version < SCHEMA_VERSION)
 
-    _transaction(db, "IMMEDIATE", work)
+    return _transaction(db, "IMMEDIATE", work)
+
+
+def _statements(script: str) -> list[str]:
+    """The script's statements; a ";" inside a trigger body or a comment does not end one."""
+    statements, pending = [], ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    return [statement for statement in statements if statement.strip(";\n ")]
 
 
 # --- statements, run inside a transaction on the connection's thread -----------------
@@ -470,13 +591,26 @@ def _each_atomically(
     return done
 
 
-def _first_unsold_code(db: sqlite3.Connection, sku: str) -> tuple[int, str, str | None] | None:
+@dataclass(frozen=True)
+class _SealedCode:
+    id: int
+    key_id: int
+    redeem_code: bytes
+    pin_code: bytes | None
+
+    def opened(self, cipher: CodeCipher) -> DeliveredCode:
+        return DeliveredCode(
+            *cipher.open_code(self.id, self.key_id, self.redeem_code, self.pin_code)
+        )
+
+
+def _first_unsold_code(db: sqlite3.Connection, sku: str) -> _SealedCode | None:
     row = db.execute(
-        "SELECT id, redeem_code, pin_code FROM codes"
+        "SELECT id, key_id, redeem_code, pin_code FROM codes"
         " WHERE sku = ? AND order_id IS NULL ORDER BY id LIMIT 1",
         (sku,),
     ).fetchone()
-    return None if row is None else (row[0], row[1], row[2])
+    return None if row is None else _SealedCode(*row)
 
 
 def _insert_order(
@@ -558,6 +692,49 @@ def _ledger(
     )
 
 
+def _insert_api_key(
+    db: sqlite3.Connection, account_id: int, api_key: str, secret_hash: str, at: int
+) -> None:
+    db.execute(
+        "INSERT INTO api_keys (api_key, account_id, secret_hash, created_at_us)"
+        " VALUES (?, ?, ?, ?)",
+        (api_key, account_id, secret_hash, at),
+    )
+    _Audit(db, at, account_id, api_key, None)(AuditEvent.KEY_CREATED, None)
+
+
+class _Audit:
+    """Writes audit rows for one actor, in the caller's transaction."""
+
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        at: int,
+        account_id: int | None,
+        api_key: str | None,
+        request_id: str | None,
+    ) -> None:
+        self._db = db
+        self._row = (at, account_id, api_key, request_id or None)
+
+    def __call__(self, event: AuditEvent, transaction_id: str | None, **details: str) -> None:
+        at, account_id, api_key, request_id = self._row
+        self._db.execute(
+            "INSERT INTO audit (at_us, event, account_id, api_key, request_id, transaction_id,"
+            " details) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (at, event.value, account_id, api_key, request_id, transaction_id, json.dumps(details)),
+        )
+
+
+def _audit_by_fulfiller(
+    db: sqlite3.Connection, at: int, stock_id: int, event: AuditEvent, **details: str
+) -> None:
+    account_id, transaction_id = db.execute(
+        "SELECT account_id, transaction_id FROM orders WHERE id = ?", (stock_id,)
+    ).fetchone()
+    _Audit(db, at, account_id, None, None)(event, transaction_id, by="fulfiller", **details)
+
+
 def _insert_account(db: sqlite3.Connection, name: str, at: int) -> int:
     try:
         cursor = db.execute("INSERT INTO accounts (name, created_at_us) VALUES (?, ?)", (name, at))
@@ -600,15 +777,28 @@ def _upsert_product(db: sqlite3.Connection, product: Product) -> None:
     )
 
 
-def _insert_codes(db: sqlite3.Connection, codes: Sequence[NewCode], at: int) -> int:
+def _insert_codes(
+    db: sqlite3.Connection, cipher: CodeCipher, codes: Sequence[NewCode], at: int
+) -> int:
     for sku in sorted({code.sku for code in codes}):
         if db.execute("SELECT 1 FROM products WHERE sku = ?", (sku,)).fetchone() is None:
             raise DataConflict(f"no product has SKU {sku!r}")
-    for code in codes:
+    # The row id is part of each sealed value, so it is chosen before the insert
+    # (writers are serialized: nobody else takes it meanwhile).
+    (next_id,) = db.execute("SELECT coalesce(max(id), 0) + 1 FROM codes").fetchone()
+    for code_id, code in enumerate(codes, start=next_id):
         try:
             db.execute(
-                "INSERT INTO codes (sku, redeem_code, pin_code, added_at_us) VALUES (?, ?, ?, ?)",
-                (code.sku, code.redeem_code, code.pin_code, at),
+                "INSERT INTO codes (id, sku, fingerprint, redeem_code, pin_code, key_id,"
+                " added_at_us) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    code_id,
+                    code.sku,
+                    cipher.fingerprint(code.sku, code.redeem_code),
+                    *cipher.seal_code(code_id, code.redeem_code, code.pin_code),
+                    cipher.active_key_id,
+                    at,
+                ),
             )
         except sqlite3.IntegrityError:
             # Loading a code twice would let it be sold twice.
@@ -628,10 +818,11 @@ def _upsert_rate(db: sqlite3.Connection, rate: ExchangeRate) -> None:
 # --- rows to domain values -----------------------------------------------------------
 
 
-def _order(row: Any) -> Order:
+def _order(row: Any, cipher: CodeCipher) -> Order:
     (stock_id, transaction_id, client_order_number, sku, status, pay_currency, unit_minor,
-     original_currency, original_minor, fx_rate, fx_as_of, created_at_us, redeem_code,
-     pin_code) = row  # fmt: skip
+     original_currency, original_minor, fx_rate, fx_as_of, created_at_us, code_id, key_id,
+     redeem_code, pin_code) = row  # fmt: skip
+    code = None if code_id is None else _SealedCode(code_id, key_id, redeem_code, pin_code)
     return Order(
         stock_id=stock_id,
         transaction_id=transaction_id,
@@ -644,7 +835,7 @@ def _order(row: Any) -> Order:
         if fx_rate is None
         else FxConversion(f"{original_currency}/{pay_currency}", Decimal(fx_rate), fx_as_of),
         created_at=_from_micros(created_at_us),
-        code=None if redeem_code is None else DeliveredCode(redeem_code, pin_code),
+        code=None if code is None else code.opened(cipher),
     )
 
 

@@ -17,6 +17,8 @@ REQUEST_ID = web.RequestKey("request_id", str)
 
 def call_metadata(request: web.Request) -> list[tuple[str, str]]:
     metadata = [("x-request-id", request[REQUEST_ID])]
+    if request.remote:  # for the per-address limit of failed logins
+        metadata.append(("x-forwarded-for", request.remote))
     for name in FORWARDED_HEADERS:
         for value in request.headers.getall(name, ()):
             # gRPC metadata is printable ASCII; anything else cannot be a valid
@@ -32,6 +34,8 @@ def error_response(request: web.Request, reply: errors.ErrorReply) -> web.Respon
         headers["WWW-Authenticate"] = 'Bearer realm="instant-orders"'
     elif reply.status == 503:
         headers["Retry-After"] = "1"
+    elif reply.status == 429:
+        headers.update(rate_limit_headers(reply.metadata))
     return json_response(reply.status, reply.body(request[REQUEST_ID]), headers)
 
 
@@ -43,3 +47,17 @@ def json_response(status: int, body: Any, headers: dict[str, str] | None = None)
 
 def dumps(body: Any) -> bytes:
     return json.dumps(body, ensure_ascii=False).encode()
+
+
+def rate_limit_headers(metadata: dict[str, str]) -> dict[str, str]:
+    """Retry-After, and the RateLimit headers of draft-ietf-httpapi-ratelimit-headers,
+    from a RATE_LIMITED error's details."""
+    retry_after = metadata.get("retryAfterSeconds", "1")
+    headers = {"Retry-After": retry_after}
+    if "quota" in metadata:
+        policy = metadata.get("budget", "default").replace('"', "")
+        headers["RateLimit-Policy"] = (
+            f'"{policy}";q={metadata["quota"]};w={metadata.get("windowSeconds", "1")}'
+        )
+        headers["RateLimit"] = f'"{policy}";r=0;t={retry_after}'
+    return headers

@@ -48,20 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     both = commands.add_parser("serve", help="run the gRPC server and the REST gateway")
-    _serving_options(
-        both,
-        "database",
-        "grpc_listen",
-        "http_listen",
-        "fulfillment_timeout_seconds",
-        "secret_key_file",
-    )
+    _serving_options(both, "database", "grpc_listen", "http_listen", *_SERVER_OPTIONS)
     both.set_defaults(run=lambda args, s: _serve(s, grpc=True, gateway=True))
 
     grpc_only = commands.add_parser("server", help="run the gRPC server alone")
-    _serving_options(
-        grpc_only, "database", "grpc_listen", "fulfillment_timeout_seconds", "secret_key_file"
-    )
+    _serving_options(grpc_only, "database", "grpc_listen", *_SERVER_OPTIONS)
     grpc_only.set_defaults(run=lambda args, s: _serve(s, grpc=True, gateway=False))
 
     worker = commands.add_parser("worker", help="run the fulfiller alone (the server runs one too)")
@@ -83,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_METAVARS = {"seconds": "SECONDS", "orders": "RATE:BURST", "reads": "RATE:BURST"}
+_SERVER_OPTIONS = (
+    "fulfillment_timeout_seconds", "secret_key_file", "rate_limit_orders", "rate_limit_reads",
+)  # fmt: skip
+
+
 def _serving_options(parser: argparse.ArgumentParser, *names: str) -> None:
     helps = {
         "database": "SQLite database file",
@@ -93,12 +90,14 @@ def _serving_options(parser: argparse.ArgumentParser, *names: str) -> None:
         "it is cancelled and refunded (default 86400)",
         "secret_key_file": "key file of the token signing key and the code data keys, made "
         "with mode 0600 if missing (default: the database path + .key)",
+        "rate_limit_orders": "order creation per API key: RATE/s:BURST, 0 = off (default 50:100)",
+        "rate_limit_reads": "reads per API key: RATE/s:BURST, 0 = off (default 100:200)",
     }
     for name in names:
         parser.add_argument(
             "--" + name.removesuffix("_seconds").replace("_", "-"),
             dest=name,
-            metavar="SECONDS" if name.endswith("_seconds") else None,
+            metavar=_METAVARS.get(name.rpartition("_")[2]),
             help=f"{helps[name]} (env {ENVIRONMENT[name]})",
         )
 

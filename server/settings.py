@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
+
+from server.domain.limits import DEFAULT_LIMITS, Limits, Rate
 
 ENVIRONMENT = {
     "database": "INSTANT_ORDERS_DATABASE",
@@ -16,6 +18,8 @@ ENVIRONMENT = {
     "fulfillment_timeout_seconds": "INSTANT_ORDERS_FULFILLMENT_TIMEOUT",
     "fulfillment_batch": "INSTANT_ORDERS_FULFILLMENT_BATCH",
     "secret_key_file": "INSTANT_ORDERS_SECRET_KEY_FILE",
+    "rate_limit_orders": "INSTANT_ORDERS_RATE_LIMIT_ORDERS",
+    "rate_limit_reads": "INSTANT_ORDERS_RATE_LIMIT_READS",
 }
 
 
@@ -39,12 +43,25 @@ class Settings:
     #: The key file (token signing key, code data keys); "" means the
     #: database's path + ".key". Keep it apart from database backups.
     secret_key_file: str = ""
+    #: Per API key and process, "RATE:BURST" (requests per second, bucket size);
+    #: "0" turns the limit off.
+    rate_limit_orders: str = str(DEFAULT_LIMITS.orders)
+    rate_limit_reads: str = str(DEFAULT_LIMITS.reads)
 
     def __post_init__(self) -> None:
         if not self.fulfillment_timeout_seconds > 0:
             raise ValueError("the fulfillment timeout must be a positive number of seconds")
         if self.fulfillment_batch < 1:
             raise ValueError("the fulfillment batch must be 1 or more")
+        self.limits  # noqa: B018 - parses the rate limits, raising ValueError
+
+    @property
+    def limits(self) -> Limits:
+        return replace(
+            DEFAULT_LIMITS,
+            orders=Rate.parse(self.rate_limit_orders),
+            reads=Rate.parse(self.rate_limit_reads),
+        )
 
     @property
     def key_file(self) -> str:

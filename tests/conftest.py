@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.app import GatewaySettings, create_app
 from server.domain import admin
 from server.domain.fulfillment import Fulfiller, InventorySource
+from server.domain.limits import DEFAULT_LIMITS, Limits
 from server.domain.service import InstantOrdersService, utc_now
 from server.rpc.app import start_server
 from server.store.sqlite import SqliteStore
@@ -65,8 +66,16 @@ async def store(database: str) -> AsyncIterator[SqliteStore]:
 
 
 @pytest.fixture
-async def service(store: SqliteStore, database: str) -> InstantOrdersService:
-    return InstantOrdersService.open(store, signing_key(database), timedelta(hours=1))
+def limits() -> Limits:
+    """The abuse limits of the service under test; a test module may override it."""
+    return DEFAULT_LIMITS
+
+
+@pytest.fixture
+async def service(store: SqliteStore, database: str, limits: Limits) -> InstantOrdersService:
+    return InstantOrdersService.open(
+        store, signing_key(database), timedelta(hours=1), limits=limits
+    )
 
 
 @pytest.fixture

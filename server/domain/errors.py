@@ -19,6 +19,7 @@ class Code(enum.Enum):
     INVALID_ARGUMENT = 3
     NOT_FOUND = 5
     ALREADY_EXISTS = 6
+    RESOURCE_EXHAUSTED = 8
     FAILED_PRECONDITION = 9
     INTERNAL = 13
     UNAVAILABLE = 14
@@ -55,6 +56,10 @@ class Reason(enum.Enum):
     CLIENT_ORDER_NUMBER_DUPLICATE = ErrorSpec(
         Code.ALREADY_EXISTS,
         "An order with clientOrderNumber {clientOrderNumber} exists already: {transactionId}.",
+    )
+    RATE_LIMITED = ErrorSpec(
+        Code.RESOURCE_EXHAUSTED,
+        "Too many {budget} for this API key. Retry after {retryAfterSeconds} s.",
     )
     UNAVAILABLE = ErrorSpec(Code.UNAVAILABLE, "{detail}")
     INTERNAL = ErrorSpec(Code.INTERNAL, "Internal error. Quote the requestId when you report it.")

@@ -16,6 +16,7 @@ from server.domain.auth import (
     verify_secret,
 )
 from server.domain.errors import ApiError, Reason, invalid_request
+from server.domain.limits import DEFAULT_LIMITS, Limiter, Limits
 from server.domain.models import (
     AuditEvent,
     AuditRecord,
@@ -77,11 +78,13 @@ class InstantOrdersService:
         tokens: TokenSigner,
         updates: OrderUpdates,
         clock: Callable[[], datetime] = utc_now,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self._store = store
         self._tokens = tokens
         self._clock = clock
         self.updates = updates
+        self.limiter = Limiter(limits)
 
     @classmethod
     def open(
@@ -90,12 +93,18 @@ class InstantOrdersService:
         signing_key: bytes,
         token_lifetime: timedelta,
         clock: Callable[[], datetime] = utc_now,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> InstantOrdersService:
-        return cls(store, TokenSigner(signing_key, token_lifetime), OrderUpdates(store), clock)
+        signer = TokenSigner(signing_key, token_lifetime)
+        return cls(store, signer, OrderUpdates(store), clock, limits)
 
     # --- authentication -------------------------------------------------------------
 
-    async def issue_token(self, grant_type: str, client_id: str, client_secret: str) -> IssuedToken:
+    async def issue_token(
+        self, grant_type: str, client_id: str, client_secret: str, client_address: str = ""
+    ) -> IssuedToken:
+        """A bearer token for valid client credentials. Failed attempts are limited per
+        key and per client address; every failure gets the same answer."""
         if not grant_type:
             raise ApiError(Reason.invalid_request, detail="grant_type is required.")
         if grant_type != "client_credentials":
@@ -104,12 +113,14 @@ class InstantOrdersService:
             raise ApiError(
                 Reason.invalid_request, detail="client_id and client_secret are required."
             )
+        self.limiter.check_login(client_id, client_address)
         credentials = await self._store.credentials(client_id)
         stored_hash = credentials.secret_hash if credentials else DUMMY_SECRET_HASH
         # scrypt takes tens of milliseconds: keep it off the event loop.
         matches = await asyncio.to_thread(partial(verify_secret, client_secret, stored_hash))
         # One answer for an unknown key, a wrong secret and a disabled key.
         if credentials is None or not matches or not credentials.active:
+            self.limiter.login_failed(client_id, client_address)
             raise ApiError(Reason.invalid_client)
         return self._tokens.issue(Caller(credentials.account_id, client_id), self._clock())
 
@@ -148,7 +159,7 @@ class InstantOrdersService:
     async def watch_order(self, caller: Caller, transaction_id: str) -> AsyncIterator[Order]:
         """The order now, then each change until it is final."""
         order = await self.get_order(caller, transaction_id)
-        with self.updates.watching(order.stock_id) as changed:
+        with self.limiter.stream(caller.api_key), self.updates.watching(order.stock_id) as changed:
             yield order
             while order.status is OrderStatus.PROCESSING:
                 await changed.wait()

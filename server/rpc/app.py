@@ -16,16 +16,19 @@ from instantorders.v2 import (
     catalog_pb2_grpc,
     exchange_rates_pb2,
     exchange_rates_pb2_grpc,
+    options_pb2,
     orders_pb2,
     orders_pb2_grpc,
 )
 
+from server.domain.limits import Budget
 from server.domain.service import InstantOrdersService
 from server.rpc import servicers
 from server.rpc.interceptors import AuthInterceptor, ErrorInterceptor
 
 #: Every request of this API is small; refuse large ones before parsing them.
-MAX_MESSAGE_BYTES = 64 * 1024
+MAX_MESSAGE_BYTES = 16 * 1024
+MAX_METADATA_BYTES = 16 * 1024
 
 #: Each service: its proto module, its name, how to register it, its servicer.
 _SERVICES = (
@@ -46,6 +49,16 @@ SERVICE_NAMES = [
 ]
 _ISSUE_TOKEN = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].methods_by_name["IssueToken"]
 PUBLIC_METHODS = {f"/{_ISSUE_TOKEN.containing_service.full_name}/{_ISSUE_TOKEN.name}"}
+#: The rate-limit budget of each method, from its (instantorders.v2.rate_budget) option.
+BUDGETS = {
+    f"/{method.containing_service.full_name}/{method.name}": (
+        Budget.ORDERS
+        if method.GetOptions().Extensions[options_pb2.rate_budget] == options_pb2.RATE_BUDGET_ORDERS
+        else Budget.READS
+    )
+    for module, name, *_ in _SERVICES
+    for method in module.DESCRIPTOR.services_by_name[name].methods
+}
 
 
 @dataclass
@@ -63,9 +76,13 @@ class RunningServer:
 async def start_server(service: InstantOrdersService, listen: str) -> RunningServer:
     """Starts serving on `listen` ("host:port"; port 0 picks a free one)."""
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor(), AuthInterceptor(service.authenticate, PUBLIC_METHODS)],
+        interceptors=[
+            ErrorInterceptor(),
+            AuthInterceptor(service.authenticate, service.limiter.spend, BUDGETS, PUBLIC_METHODS),
+        ],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_metadata_size", MAX_METADATA_BYTES),
             ("grpc.so_reuseport", 0),
         ],
     )

@@ -20,6 +20,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from server.domain.errors import ApiError, Reason
+from server.domain.limits import Budget
 from server.domain.models import Caller
 from server.logs import REQUEST_ID
 
@@ -77,14 +78,19 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Lets a call through only with an x-api-key and a bearer token of that key."""
+    """Lets a call through only with an x-api-key and a bearer token of that key, and
+    within the key's rate limit for the method's budget."""
 
     def __init__(
         self,
         authenticate: Callable[[str, str, str], Awaitable[Caller]],
+        spend: Callable[[str, Budget], None],
+        budgets: dict[str, Budget],
         public_methods: set[str],
     ):
         self._authenticate = authenticate
+        self._spend = spend
+        self._budgets = budgets
         self._public_methods = public_methods
 
     async def intercept_service(
@@ -109,6 +115,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             if len(api_keys) != 1 or len(authorizations) != 1:
                 raise ApiError(Reason.UNAUTHENTICATED)
             caller = await self._authenticate(api_keys[0], authorizations[0], REQUEST_ID.get())
+            self._spend(caller.api_key, self._budgets.get(method, Budget.READS))
             _CALLER.set(caller)
             yield
 
@@ -164,3 +171,15 @@ def _values(metadata: Sequence[tuple[str, str | bytes]] | None, key: str) -> lis
 
 def _is_request_id(value: str) -> bool:
     return 0 < len(value) <= 128 and value.isascii() and value.isprintable()
+
+
+def client_address(context: Context) -> str:
+    """The caller's IP address. Behind our gateway (a loopback peer) it is the
+    address the gateway forwards in x-forwarded-for; a remote peer cannot set it."""
+    peer = context.peer() or ""
+    host = peer.partition(":")[2].rpartition(":")[0].strip("[]")  # "ipv4:1.2.3.4:5678"
+    if host in ("127.0.0.1", "::1"):
+        forwarded = _values(context.invocation_metadata(), "x-forwarded-for")
+        if len(forwarded) == 1 and 0 < len(forwarded[0]) <= 64:
+            return forwarded[0]
+    return host

@@ -20,7 +20,7 @@ from instantorders.v2 import (
 
 from server.domain.service import InstantOrdersService
 from server.rpc import converters
-from server.rpc.interceptors import current_caller
+from server.rpc.interceptors import client_address, current_caller
 
 #: grpc.aio.ServicerContext; grpcio ships no types.
 Context: TypeAlias = Any
@@ -107,7 +107,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.IssueTokenRequest, context: Context
     ) -> auth_pb2.IssueTokenResponse:
         token = await self._service.issue_token(
-            request.grant_type, request.client_id, request.client_secret
+            request.grant_type, request.client_id, request.client_secret, client_address(context)
         )
         return auth_pb2.IssueTokenResponse(
             access_token=token.access_token,

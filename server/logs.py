@@ -1,25 +1,68 @@
-"""Log lines carry the request id of the call that wrote them."""
+"""Structured logs: one JSON object per line on stderr, with the request id on every line.
+
+Writing happens on a background thread (QueueHandler -> QueueListener), so a
+slow or blocked stderr never stalls the event loop. As a last line of defence,
+anything shaped like an API secret or a bearer token is masked; codes and PINs
+are never passed to a logger in the first place.
+"""
 
 from __future__ import annotations
 
+import atexit
 import contextvars
+import json
 import logging
+import logging.handlers
+import queue
+import re
 import sys
+from datetime import UTC, datetime
 
 #: The id of the request being served; "-" outside of one.
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
+_SECRET_SHAPES = re.compile(
+    r"sk_[A-Za-z0-9_-]{16,}"  # an API secret
+    r"|eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"  # a JWT
+    r"|(?i:bearer)\s+\S+"
+)
+
 
 class _RequestIdFilter(logging.Filter):
+    """Stamps the record with the request id while still in the request's context."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = REQUEST_ID.get()
         return True
 
 
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "requestId": getattr(record, "request_id", "-"),
+            "message": mask(record.getMessage()),
+        }
+        return json.dumps(line, ensure_ascii=False)
+
+
+def mask(text: str) -> str:
+    return _SECRET_SHAPES.sub("[redacted]", text)
+
+
 def configure(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(_RequestIdFilter())
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
-    )
-    logging.basicConfig(level=level.upper(), handlers=[handler])
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    to_queue = logging.handlers.QueueHandler(records)
+    to_queue.addFilter(_RequestIdFilter())
+    # The queue carries the rendered message (a traceback included) to the writer.
+    to_queue.setFormatter(logging.Formatter("%(message)s"))
+    writer = logging.StreamHandler(sys.stderr)
+    writer.setFormatter(JsonFormatter())
+    listener = logging.handlers.QueueListener(records, writer)
+    listener.start()
+    atexit.register(listener.stop)  # flush what is queued before the process ends
+    logging.basicConfig(level=level.upper(), handlers=[to_queue], force=True)
+    # aiosqlite logs every statement at DEBUG: noise, and nothing an operator needs.
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, logging.getLogger().level))

@@ -138,3 +138,7 @@ def _error_body(error: grpc.aio.AioRpcError) -> dict[str, Any]:
     assert infos[0].domain == "instantorders.v2"
     assert status.code == error.code().value[0]
     return {**infos[0].metadata, "error": infos[0].reason, "message": status.message}
+
+
+def error_reason(error: grpc.aio.AioRpcError) -> str:
+    return str(_error_body(error)["error"])

@@ -9,6 +9,7 @@ import sqlite3
 import stat
 from pathlib import Path
 
+import grpc
 import pytest
 from cryptography.exceptions import InvalidTag
 
@@ -16,6 +17,7 @@ from server.domain.ports import NewCode
 from server.domain.service import utc_now
 from server.keys import CodeCipher
 from server.store.schema import MIGRATIONS
+from tests.api import ROUTES, error_reason
 from tests.helpers import key_file, open_store, stored_codes
 from tests.processes import run_cli
 
@@ -178,3 +180,46 @@ async def test_a_schema_2_database_has_its_codes_sealed_on_open(tmp_path):
     assert stored_codes(database) == [(None, CODE, PIN)]
     assert CODE.encode() not in raw_bytes(database)
     assert PIN.encode() not in raw_bytes(database)
+
+
+TRANSACTION_ROUTES = [rpc for rpc, route in ROUTES.items() if "transactionId" in route.path_fields]
+
+
+@pytest.mark.parametrize("rpc", TRANSACTION_ROUTES)
+async def test_another_accounts_order_is_answered_exactly_like_a_missing_one(api, accounts, rpc):
+    """Every route and RPC taking a transactionId (order, codes, events)."""
+    acme, globex = accounts["acme"], accounts["globex"]
+    order = (await api.call(ORDER, {"sku": "8PX-UF-Y5U"}, acme)).expect_ok()
+    theirs, missing = order["transactionId"], "f" * 32
+    if api.transport == "grpc" and ROUTES[rpc].server_streaming:
+        details = [await first_stream_error(api, rpc, tx, globex) for tx in (theirs, missing)]
+        assert details[0] == details[1] == (grpc.StatusCode.NOT_FOUND, "ORDER_NOT_FOUND")
+        return
+
+    answers = []
+    for transaction_id in (theirs, missing):
+        reply = await api.call(rpc, {"transactionId": transaction_id}, globex)
+        error = reply.expect_error("ORDER_NOT_FOUND", 404)
+        assert error.pop("transactionId") == transaction_id
+        error.pop("requestId", None)
+        answers.append((reply.status, error["message"].replace(transaction_id, "ID"), error))
+    assert answers[0][:2] == answers[1][:2]
+    assert answers[0][2].keys() == answers[1][2].keys()
+
+    listed = (await api.call("ListOrders", {"transactionId": theirs}, globex)).expect_ok()
+    assert listed["items"] == []
+
+
+async def first_stream_error(api, rpc: str, transaction_id: str, account) -> tuple[object, str]:
+    route = ROUTES[rpc]
+    call = api.channel.unary_stream(
+        route.rpc_path,
+        request_serializer=route.request_type.SerializeToString,
+        response_deserializer=route.response_type.FromString,
+    )(
+        route.request_type(transaction_id=transaction_id),
+        metadata=[(key.lower(), value) for key, value in account.headers().items()],
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call.read()
+    return raised.value.code(), error_reason(raised.value)

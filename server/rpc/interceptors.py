@@ -129,6 +129,8 @@ def _guarded(request_id: str) -> Around:
         try:
             yield
         except ApiError as error:
+            # The reason only: messages may quote what the client sent.
+            log.info("call refused: %s", error.reason.name)
             await context.abort_with_status(to_rpc_status(error))
         except grpc.aio.AbortError:
             raise

@@ -11,7 +11,6 @@ step is guarded by the order still being PROCESSING, so none is done twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
@@ -80,11 +79,6 @@ class Fulfiller:
         self._on_change = on_change
         self._poll_interval = poll_interval
         self._batch_size = batch_size
-        self._wake = asyncio.Event()
-
-    def wake(self) -> None:
-        """Asks for a pass now instead of at the next poll."""
-        self._wake.set()
 
     async def run(self) -> None:
         """Runs passes until cancelled: back to back while there is work, then one
@@ -95,11 +89,8 @@ class Fulfiller:
             except Exception:
                 log.exception("fulfillment pass failed; retrying")
                 changed = 0
-            if changed:
-                continue
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+            if not changed:
+                await asyncio.sleep(self._poll_interval)
 
     async def run_once(self) -> int:
         """One pass: cancel what is overdue, then complete what stock allows.

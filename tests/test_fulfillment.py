@@ -7,7 +7,7 @@ import sqlite3
 from datetime import timedelta
 from decimal import Decimal
 
-from server.domain.models import Caller, InstantOrderRequest, OrderStatus
+from server.domain.models import AuditEvent, Caller, InstantOrderRequest, OrderStatus
 from server.domain.money import Money
 from server.domain.ports import NewCode
 from server.domain.service import utc_now
@@ -54,6 +54,13 @@ async def test_restock_completes_waiting_orders_first_come_first_served(
     assert await make_fulfiller(store).run_once() == 2
 
     assert [await code_of(api, acme, tx) for tx in waiting] == ["PLAY-0002", "PLAY-0003", None]
+    trail = await store.audit_trail(acme.account_id, since=utc_now() - timedelta(hours=1))
+    completed_later = [
+        r.transaction_id
+        for r in trail
+        if r.event is AuditEvent.ORDER_COMPLETED and r.details == {"by": "fulfiller"}
+    ]
+    assert completed_later == waiting[:2]
     for tx, status in zip(waiting, ["COMPLETED", "COMPLETED", "PROCESSING"], strict=True):
         order = (await api.call("GetOrder", {"transactionId": tx}, acme)).expect_ok()
         assert (order["status"], order["products"][0]["status"]) == (status, status)
@@ -96,6 +103,11 @@ async def test_deadline_cancels_and_refunds_exactly_once(api, accounts, store, d
     assert await make_fulfiller(store).run_once() == 0
     assert await code_of(api, acme, waiting) is None
     assert_fulfillment_consistent(database)
+    trail = await store.audit_trail(acme.account_id, since=utc_now() - timedelta(hours=1))
+    cancellations = [r for r in trail if r.event is AuditEvent.ORDER_CANCELLED]
+    assert [(r.transaction_id, r.details) for r in cancellations] == [
+        (waiting, {"by": "fulfiller"})
+    ]
 
 
 async def test_reads_show_a_cancelled_order(api, accounts, store):

@@ -194,7 +194,6 @@ class SqliteStore:
             if code is None or not _finish(db, order.stock_id, OrderStatus.COMPLETED, at):
                 return None
             db.execute("UPDATE codes SET order_id = ? WHERE id = ?", (order.stock_id, code.id))
-            _audit_by_fulfiller(db, at, order.stock_id, AuditEvent.ORDER_COMPLETED)
             return order.stock_id
 
         return await self._write(lambda db: _each_atomically(db, orders, complete))
@@ -208,11 +207,7 @@ class SqliteStore:
             stock_id, account_id, currency, minor = order
             if not _finish(db, stock_id, OrderStatus.CANCELLED, at):
                 return None
-            refund = Money.from_minor(minor, currency)
-            _credit(db, account_id, refund, at, "REFUND", stock_id)
-            _audit_by_fulfiller(
-                db, at, stock_id, AuditEvent.ORDER_CANCELLED, refund=f"{refund.amount} {currency}"
-            )
+            _credit(db, account_id, Money.from_minor(minor, currency), at, "REFUND", stock_id)
             return stock_id
 
         def overdue(db: sqlite3.Connection, limit: int) -> list[tuple[int, int, str, int]]:
@@ -558,13 +553,24 @@ def _has_waiting(db: sqlite3.Connection, sku: str) -> bool:
 
 
 def _finish(db: sqlite3.Connection, stock_id: int, status: OrderStatus, at: int) -> bool:
-    """PROCESSING -> `status`; False when the order is no longer PROCESSING (another
-    fulfiller got there first), which makes every step safe to repeat."""
-    updated = db.execute(
-        "UPDATE orders SET status = ?, finished_at_us = ? WHERE id = ? AND status = 'PROCESSING'",
+    """PROCESSING -> `status`, with the fulfiller's audit row; False when the order is
+    no longer PROCESSING (another fulfiller got there first), which makes every
+    step safe to repeat."""
+    finished = db.execute(
+        "UPDATE orders SET status = ?, finished_at_us = ? WHERE id = ? AND status = 'PROCESSING'"
+        " RETURNING account_id, transaction_id",
         (status.value, at, stock_id),
-    ).rowcount
-    return updated == 1
+    ).fetchall()
+    if not finished:
+        return False
+    ((account_id, transaction_id),) = finished
+    event = (
+        AuditEvent.ORDER_COMPLETED
+        if status is OrderStatus.COMPLETED
+        else AuditEvent.ORDER_CANCELLED
+    )
+    _Audit(db, at, account_id, None, None)(event, transaction_id, by="fulfiller")
+    return True
 
 
 def _each_atomically(
@@ -724,15 +730,6 @@ class _Audit:
             " details) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (at, event.value, account_id, api_key, request_id, transaction_id, json.dumps(details)),
         )
-
-
-def _audit_by_fulfiller(
-    db: sqlite3.Connection, at: int, stock_id: int, event: AuditEvent, **details: str
-) -> None:
-    account_id, transaction_id = db.execute(
-        "SELECT account_id, transaction_id FROM orders WHERE id = ?", (stock_id,)
-    ).fetchone()
-    _Audit(db, at, account_id, None, None)(event, transaction_id, by="fulfiller", **details)
 
 
 def _insert_account(db: sqlite3.Connection, name: str, at: int) -> int:

@@ -8,6 +8,7 @@ duplicated key or parameter is a 400, never silently ignored (a typo like
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from functools import cache
 from typing import Any, cast
@@ -33,12 +34,25 @@ def request_message(
     fields.update(_query_fields(route, query))
     for json_name in route.path_fields:
         fields[json_name] = path_params[json_name]
+    _refuse_unknown_fields(route, fields)
     message = route.request_type()
     try:
         json_format.ParseDict(fields, message, ignore_unknown_fields=False)
     except json_format.ParseError as error:
-        raise GatewayError(400, f"Invalid request: {_short(error)}") from None
+        raise GatewayError(400, f"Invalid request: {_describe(error)}") from None
     return message
+
+
+def _refuse_unknown_fields(route: Route, fields: Mapping[str, Any]) -> None:
+    """Names an unknown field in the API's terms, not protobuf's (no message types)."""
+    descriptor = route.request_message
+    known = {f.json_name for f in descriptor.fields} | {f.name for f in descriptor.fields}
+    for key in fields:
+        if key not in known:
+            expected = ", ".join(f.json_name for f in descriptor.fields)
+            raise GatewayError(
+                400, f"Unknown field {key!r}; the fields are: {expected}.", field=str(key)[:64]
+            )
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
@@ -143,6 +157,10 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-def _short(error: Exception) -> str:
-    text = str(error)
+def _describe(error: Exception) -> str:
+    """protobuf's parse error without the internal message path it appends."""
+    text = _INTERNAL_PATH.sub("", str(error).split("\n")[0])
     return text if len(text) <= 300 else text[:300] + "..."
+
+
+_INTERNAL_PATH = re.compile(r" at [\w.]+(?=\.$)")

@@ -53,8 +53,17 @@ async def test_malformed_bodies_are_400_and_change_nothing(http, accounts, datab
 
     response = await post_order(http, accounts["acme"], raw)
 
-    await assert_error(response, 400, "INVALID_REQUEST")
+    body = await assert_error(response, 400, "INVALID_REQUEST")
     assert snapshot(database) == before
+    for internal in ("instantorders", "Message type", "Request"):  # the API's terms only
+        assert internal not in body["message"], body["message"]
+
+
+async def test_an_unknown_field_is_named_with_the_fields_expected(http, accounts):
+    raw = '{"sku": "8PX-UF-Y5U", "payWithCurency": "USD"}'
+    body = await assert_error(await post_order(http, accounts["acme"], raw), 400, "INVALID_REQUEST")
+    assert body["field"] == "payWithCurency"
+    assert "payWithCurrency" in body["message"]
 
 
 async def test_unknown_query_parameter_is_400(http, accounts):

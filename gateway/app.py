@@ -67,7 +67,7 @@ def create_app(channel: grpc.aio.Channel, settings: GatewaySettings) -> web.Appl
         )
         app.router.add_route(route.http_method, route.path, handler)
     document = json.dumps(openapi_document(routes)).encode()
-    app.router.add_get("/openapi.json", _staticjson_response(document))
+    app.router.add_get("/openapi.json", _static_json(document))
     app.router.add_get("/healthz", _health_handler(channel))
     return app
 
@@ -110,7 +110,7 @@ async def _body(route: Route, request: web.Request) -> dict[str, Any] | None:
     return transcode.parse_json_object(await request.read())
 
 
-def _staticjson_response(document: bytes) -> Handler:
+def _static_json(document: bytes) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         return web.Response(body=document, content_type="application/json")
 

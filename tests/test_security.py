@@ -223,3 +223,15 @@ async def first_stream_error(api, rpc: str, transaction_id: str, account) -> tup
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await call.read()
     return raised.value.code(), error_reason(raised.value)
+
+
+def test_a_key_file_readable_by_others_is_refused(tmp_path):
+    database = str(tmp_path / "o.db")
+    assert admin(database, "audit", "--account", "1").returncode == 0  # creates the key file
+    os.chmod(key_file(database), 0o644)
+
+    result = admin(database, "audit", "--account", "1")
+
+    assert result.returncode == 1
+    assert "readable by others" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -56,6 +56,7 @@ def create_app(channel: grpc.aio.Channel, settings: GatewaySettings) -> web.Appl
         client_max_size=MAX_BODY_BYTES,
         middlewares=[_request_id_middleware, _error_middleware],
     )
+    app.on_response_prepare.append(_echo_request_id)
     streams.setup(app)
     for route in routes:
         handler = (
@@ -142,10 +143,13 @@ async def _request_id_middleware(request: web.Request, handler: Handler) -> web.
     request[REQUEST_ID] = (
         given[0] if len(given) == 1 and _is_request_id(given[0]) else str(uuid.uuid4())
     )
-    response = await handler(request)
-    if not response.prepared:  # an event stream has sent its headers already
+    return await handler(request)
+
+
+async def _echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: every response, event streams included, names its request."""
+    if REQUEST_ID in request:
         response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
-    return response
 
 
 def _is_request_id(value: str) -> bool:

@@ -27,7 +27,6 @@ from google.protobuf.message import Message
 from gateway import errors, transcode
 from gateway.responses import (
     REQUEST_ID,
-    REQUEST_ID_HEADER,
     call_metadata,
     dumps,
     error_response,
@@ -96,7 +95,6 @@ async def _start_events(request: web.Request) -> web.StreamResponse:
             "Content-Type": "text/event-stream",
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",  # nginx: pass events on at once
-            REQUEST_ID_HEADER: request[REQUEST_ID],
         }
     )
     await response.prepare(request)

@@ -71,7 +71,7 @@ async def _grpc_server(settings: Settings) -> AsyncIterator[RunningServer]:
     store = await open_store(settings)
     try:
         signing_key = load_or_create(settings.key_file).token_signing_key
-        service = InstantOrdersService.open(
+        service = InstantOrdersService(
             store, signing_key, settings.token_lifetime, limits=settings.limits
         )
         fulfiller = _fulfiller(settings, store, on_change=service.updates.notify)

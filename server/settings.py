@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
+from server.domain.fulfillment import BATCH_SIZE
 from server.domain.limits import DEFAULT_LIMITS, Limits, Rate
 
 ENVIRONMENT = {
@@ -39,7 +40,7 @@ class Settings:
     fulfillment_timeout_seconds: float = 86400.0
     #: Orders completed or cancelled per transaction (one fsync); 1 gives each
     #: its own transaction.
-    fulfillment_batch: int = 500
+    fulfillment_batch: int = BATCH_SIZE
     #: The key file (token signing key, code data keys); "" means the
     #: database's path + ".key". Keep it apart from database backups.
     secret_key_file: str = ""
@@ -53,7 +54,8 @@ class Settings:
             raise ValueError("the fulfillment timeout must be a positive number of seconds")
         if self.fulfillment_batch < 1:
             raise ValueError("the fulfillment batch must be 1 or more")
-        self.limits  # noqa: B018 - parses the rate limits, raising ValueError
+        for rate in (self.rate_limit_orders, self.rate_limit_reads):
+            Rate.parse(rate)  # raises ValueError for a malformed RATE:BURST
 
     @property
     def limits(self) -> Limits:

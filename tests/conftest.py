@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import GatewaySettings, create_app
 from server.domain import admin
-from server.domain.fulfillment import Fulfiller, InventorySource
+from server.domain.fulfillment import BATCH_SIZE, Fulfiller, InventorySource
 from server.domain.limits import DEFAULT_LIMITS, Limits
 from server.domain.service import InstantOrdersService, utc_now
 from server.rpc.app import start_server
@@ -73,9 +73,7 @@ def limits() -> Limits:
 
 @pytest.fixture
 async def service(store: SqliteStore, database: str, limits: Limits) -> InstantOrdersService:
-    return InstantOrdersService.open(
-        store, signing_key(database), timedelta(hours=1), limits=limits
-    )
+    return InstantOrdersService(store, signing_key(database), timedelta(hours=1), limits=limits)
 
 
 @pytest.fixture
@@ -122,7 +120,7 @@ def make_fulfiller(
     service: InstantOrdersService | None = None,
     timeout: timedelta = timedelta(days=1),
     clock: Callable[[], datetime] = utc_now,
-    batch_size: int = 500,
+    batch_size: int = BATCH_SIZE,
 ) -> Fulfiller:
     """A fulfiller on the local inventory; it tells `service`'s watchers what it changed."""
     on_change = service.updates.notify if service else None

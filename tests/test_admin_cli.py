@@ -43,7 +43,7 @@ async def test_load_creates_accounts_whose_secret_gets_a_token(tmp_path, databas
     assert acme["apiKey"].startswith("ak_") and acme["apiSecret"].startswith("sk_")
     store = await open_store(database)
     try:
-        service = InstantOrdersService.open(store, signing_key(database), timedelta(minutes=5))
+        service = InstantOrdersService(store, signing_key(database), timedelta(minutes=5))
         token = await service.issue_token("client_credentials", acme["apiKey"], acme["apiSecret"])
         assert token.access_token
     finally:

@@ -44,11 +44,11 @@ async def prepare(tmp_path: Path, waiting: int, overdue: int = 0) -> Prepared:
     try:
         (acme, _) = await admin.load_dataset(store, copy.deepcopy(DATASET), utc_now())
         await store.top_up(acme.account_id, Money.parse("100000000", "JPY"), utc_now())
-        service = InstantOrdersService.open(store, signing_key(database), timedelta(hours=1))
+        service = InstantOrdersService(store, signing_key(database), timedelta(hours=1))
         token = await service.issue_token("client_credentials", acme.api_key, acme.api_secret)
         caller = Caller(acme.account_id, acme.api_key)
         request = InstantOrderRequest(sku=SKU, pay_with_currency="JPY")
-        two_hours_ago = InstantOrdersService.open(
+        two_hours_ago = InstantOrdersService(
             store,
             signing_key(database),
             timedelta(hours=1),

@@ -48,15 +48,11 @@ async def test_the_database_file_holds_no_code_pin_secret_or_key(api, accounts, 
 
     stolen = raw_bytes(database)
     keys = json.loads(Path(key_file(database)).read_text())
-    for secret in (CODE, PIN, "STEAM-0001", acme.api_secret, globex_secret(accounts)):
+    for secret in (CODE, PIN, "STEAM-0001", acme.api_secret, accounts["globex"].api_secret):
         assert secret.encode() not in stolen, secret
     for key in (keys["tokenSigningKey"], keys["codeKeys"]["1"]):
         assert base64.b64decode(key) not in stolen
     assert stat.S_IMODE(os.stat(key_file(database)).st_mode) == 0o600
-
-
-def globex_secret(accounts) -> str:
-    return str(accounts["globex"].api_secret)
 
 
 def test_a_sealed_code_moved_to_another_row_does_not_open(tmp_path):

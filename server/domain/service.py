@@ -75,28 +75,16 @@ class InstantOrdersService:
     def __init__(
         self,
         store: Store,
-        tokens: TokenSigner,
-        updates: OrderUpdates,
-        clock: Callable[[], datetime] = utc_now,
-        limits: Limits = DEFAULT_LIMITS,
-    ) -> None:
-        self._store = store
-        self._tokens = tokens
-        self._clock = clock
-        self.updates = updates
-        self.limiter = Limiter(limits)
-
-    @classmethod
-    def open(
-        cls,
-        store: Store,
         signing_key: bytes,
         token_lifetime: timedelta,
         clock: Callable[[], datetime] = utc_now,
         limits: Limits = DEFAULT_LIMITS,
-    ) -> InstantOrdersService:
-        signer = TokenSigner(signing_key, token_lifetime)
-        return cls(store, signer, OrderUpdates(store), clock, limits)
+    ) -> None:
+        self._store = store
+        self._tokens = TokenSigner(signing_key, token_lifetime)
+        self._clock = clock
+        self.updates = OrderUpdates(store)
+        self.limiter = Limiter(limits)
 
     # --- authentication -------------------------------------------------------------
 

@@ -76,13 +76,6 @@ class OrderUpdates:
                 await self._someone_watches.wait()
             await asyncio.sleep(self._poll_interval)
             try:
-                self.notify(await self._finished_among_watched())
+                self.notify(await self._store.finished_among(list(self._watchers)))
             except Exception:
                 log.exception("polling watched orders failed; retrying")
-
-    async def _finished_among_watched(self) -> list[int]:
-        watched = list(self._watchers)
-        finished: list[int] = []
-        for start in range(0, len(watched), 500):  # SQLite's bound parameters are limited
-            finished += await self._store.finished_among(watched[start : start + 500])
-        return finished

@@ -225,13 +225,19 @@ class SqliteStore:
         return await self._write(lambda db: _each_atomically(db, overdue(db, limit), cancel))
 
     async def finished_among(self, stock_ids: Collection[int]) -> list[int]:
+        ids = list(stock_ids)
+
         def work(db: sqlite3.Connection) -> list[int]:
-            rows = db.execute(
-                f"SELECT id FROM orders WHERE status <> 'PROCESSING'"  # noqa: S608
-                f" AND id IN ({_placeholders(stock_ids)})",
-                list(stock_ids),
-            )
-            return [stock_id for (stock_id,) in rows]
+            finished: list[int] = []
+            for start in range(0, len(ids), 500):  # SQLite limits bound parameters
+                chunk = ids[start : start + 500]
+                rows = db.execute(
+                    f"SELECT id FROM orders WHERE status <> 'PROCESSING'"  # noqa: S608
+                    f" AND id IN ({_placeholders(chunk)})",
+                    chunk,
+                )
+                finished += [stock_id for (stock_id,) in rows]
+            return finished
 
         return await self._read(work)
 

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install proto lint test run clean
+.PHONY: install proto lint test run bench clean
 
 install: $(INSTALLED)
 
@@ -18,12 +18,20 @@ proto: $(INSTALLED)
 	$(BIN)/python protos/generate.py generated
 
 lint: $(INSTALLED)
-	$(BIN)/ruff check server gateway tests protos
-	$(BIN)/ruff format --check server gateway tests protos
-	$(BIN)/mypy server gateway
+	$(BIN)/ruff check server gateway tests protos bench
+	$(BIN)/ruff format --check server gateway tests protos bench
+	$(BIN)/mypy server gateway bench
 
 test: lint
 	$(BIN)/pytest
+
+# Load generators from the distribution's packages, matplotlib into the venv.
+bench: $(INSTALLED)
+	command -v h2load >/dev/null && command -v wrk >/dev/null || \
+		{ apt-get install -y -q nghttp2-client wrk || sudo apt-get install -y -q nghttp2-client wrk; }
+	$(BIN)/python -c 'import matplotlib' 2>/dev/null || \
+		$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 run: $(INSTALLED)
 	$(BIN)/instant-orders demo

@@ -29,6 +29,11 @@ from server.rpc.interceptors import AuthInterceptor, ErrorInterceptor
 #: Every request of this API is small; refuse large ones before parsing them.
 MAX_MESSAGE_BYTES = 16 * 1024
 MAX_METADATA_BYTES = 16 * 1024
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+    ("grpc.so_reuseport", 0),
+]
 
 #: Each service: its proto module, its name, how to register it, its servicer.
 _SERVICES = (
@@ -80,11 +85,7 @@ async def start_server(service: InstantOrdersService, listen: str) -> RunningSer
             ErrorInterceptor(),
             AuthInterceptor(service.authenticate, service.limiter.spend, BUDGETS, PUBLIC_METHODS),
         ],
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_metadata_size", MAX_METADATA_BYTES),
-            ("grpc.so_reuseport", 0),
-        ],
+        options=SERVER_OPTIONS,
     )
     for _, _, register, servicer in _SERVICES:
         register(servicer(service), server)

@@ -1,10 +1,11 @@
 """The embedded store: SQLite in WAL mode behind aiosqlite.
 
 aiosqlite gives each connection its own thread. Every method hands that
-thread one plain function that runs a whole transaction, so an order costs one
-hop between the event loop and the database instead of one per statement.
-Writes go through one connection and start with BEGIN IMMEDIATE, so they are
-serialized: read-check-write sequences (balance, duplicate check, code
+thread one plain function that does all its work, so an order costs no more
+than one hop between the event loop and the database, never one per
+statement; concurrent requests share hops and commits (see batches.py).
+Writes go through one connection inside BEGIN IMMEDIATE transactions, so they
+are serialized: read-check-write sequences (balance, duplicate check, code
 reservation) cannot interleave. Reads use a second connection and never wait
 for writes (WAL).
 """
@@ -42,6 +43,7 @@ from server.domain.money import Money
 from server.domain.orders import OrderFacts, OrderPlan
 from server.domain.ports import DataConflict, Dataset, NewCode
 from server.keys import CodeCipher
+from server.store.batches import Batcher, in_thread, read_batch, write_batch
 from server.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 T = TypeVar("T")
@@ -72,16 +74,18 @@ class SqliteStore:
         self._writer = writer
         self._reader = reader
         self._cipher = cipher
+        self._writes = Batcher(writer, write_batch)
+        self._reads = Batcher(reader, read_batch)
 
     @classmethod
     async def open(cls, path: str | Path, cipher: CodeCipher) -> SqliteStore:
         """Opens (creating or migrating) the database; codes are sealed with `cipher`."""
         writer = await _connect(path)
         try:
-            if await _in_thread(writer, lambda db: _migrate(db, cipher)):
+            if await in_thread(writer, lambda db: _migrate(db, cipher)):
                 # Copy the migrated pages into the database file at once, so no
                 # pre-migration page (say, a code in the clear) lingers in it.
-                await _in_thread(
+                await in_thread(
                     writer, lambda db: db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
                 )
             reader = await _connect(path)
@@ -91,14 +95,18 @@ class SqliteStore:
         return cls(writer, reader, cipher)
 
     async def close(self) -> None:
+        await self._writes.close()
+        await self._reads.close()
         await self._reader.close()
         await self._writer.close()
 
     async def _write(self, work: Work[T]) -> T:
-        return await _in_thread(self._writer, lambda db: _transaction(db, "IMMEDIATE", work))
+        """Runs `work` in a write transaction shared with concurrent writes (group
+        commit, see batches.py): atomic on its own, returned once committed."""
+        return await self._writes.run(work)
 
     async def _read(self, work: Work[T]) -> T:
-        return await _in_thread(self._reader, lambda db: _transaction(db, "DEFERRED", work))
+        return await self._reads.run(work)
 
     # --- orders ---------------------------------------------------------------------
 
@@ -113,7 +121,7 @@ class SqliteStore:
         account_id = caller.account_id
 
         def work(db: sqlite3.Connection) -> Order:
-            product = _product_by_sku(db, request.sku)
+            product = _product_to_price(db, request.sku)
             facts = OrderFacts(
                 product=product,
                 balances=_balances(db, account_id),
@@ -452,15 +460,8 @@ class SqliteStore:
 
 async def _connect(path: str | Path) -> aiosqlite.Connection:
     connection = await aiosqlite.connect(path, isolation_level=None)
-    await _in_thread(connection, _configure)
+    await in_thread(connection, _configure)
     return connection
-
-
-async def _in_thread(connection: aiosqlite.Connection, work: Work[T]) -> T:
-    # aiosqlite has no public call for "run this function on the connection's
-    # thread"; _execute is what its own methods use (pinned in pyproject).
-    result: T = await connection._execute(work, connection._conn)  # type: ignore[no-untyped-call]
-    return result
 
 
 def _configure(db: sqlite3.Connection) -> None:
@@ -518,9 +519,25 @@ def _statements(script: str) -> list[str]:
 # --- statements, run inside a transaction on the connection's thread -----------------
 
 
-def _product_by_sku(db: sqlite3.Connection, sku: str) -> Product | None:
-    row = db.execute(f"SELECT {_PRODUCT_COLUMNS} WHERE sku = ?", (sku,)).fetchone()
-    return None if row is None else _product(row)
+def _product_to_price(db: sqlite3.Connection, sku: str) -> Product | None:
+    """The product without its descriptive details (JSON), which pricing does not
+    need: decoding them was a tenth of the order's own work in the database thread."""
+    row = db.execute(
+        "SELECT name, brand, currency, price_minor, face_value_minor, instant_delivery_supported"
+        " FROM products WHERE sku = ?",
+        (sku,),
+    ).fetchone()
+    if row is None:
+        return None
+    name, brand, currency, price_minor, face_minor, instant = row
+    return Product(
+        sku,
+        name,
+        brand,
+        Money.from_minor(price_minor, currency),
+        Money.from_minor(face_minor, currency),
+        bool(instant),
+    )
 
 
 def _balances(db: sqlite3.Connection, account_id: int) -> dict[str, Money]:
@@ -617,8 +634,11 @@ class _SealedCode:
 
 
 def _first_unsold_code(db: sqlite3.Connection, sku: str) -> _SealedCode | None:
+    # Left to itself, SQLite walks the NULL entries of the order_id index
+    # (every SKU's unsold codes, oldest first), which costs O(stock of older
+    # SKUs) per call: the partial index costs O(log n).
     row = db.execute(
-        "SELECT id, key_id, redeem_code, pin_code FROM codes"
+        "SELECT id, key_id, redeem_code, pin_code FROM codes INDEXED BY unsold_codes"
         " WHERE sku = ? AND order_id IS NULL ORDER BY id LIMIT 1",
         (sku,),
     ).fetchone()

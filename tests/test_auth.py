@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 
 import jwt
 import pytest
 from multidict import CIMultiDict
 
+from server.domain.auth import TokenSigner
+from server.domain.errors import ApiError
+from server.domain.models import Caller
 from tests.helpers import signing_key
 
 TOKEN_PATH = "/v2/auth/token"
@@ -131,3 +135,16 @@ async def test_duplicated_credential_headers_are_refused(http, accounts):
 
     assert response.status == 401
     assert (await response.json())["error"] == "UNAUTHENTICATED"
+
+
+def test_a_token_verified_before_is_still_refused_once_expired_or_for_another_key():
+    signer = TokenSigner(b"k" * 32, timedelta(minutes=1))
+    issued_at = datetime(2026, 1, 1, tzinfo=UTC)
+    token = signer.issue(Caller(7, "ak_one"), issued_at).access_token
+    header = f"Bearer {token}"
+
+    assert signer.verify("ak_one", header, issued_at).account_id == 7  # now remembered
+    with pytest.raises(ApiError):
+        signer.verify("ak_two", header, issued_at)
+    with pytest.raises(ApiError):
+        signer.verify("ak_one", header, issued_at + timedelta(minutes=1))

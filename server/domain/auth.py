@@ -62,9 +62,19 @@ class IssuedToken:
 
 
 class TokenSigner:
+    """Issues and verifies tokens. A verified token's claims are remembered, so a
+    client reusing its token (as OAuth clients do for its whole life) costs a
+    dictionary lookup per call rather than a JWT decode: about a sixth of an
+    order's CPU when measured (see the README's Performance section). The
+    expiry and the API key are still checked on every call."""
+
+    #: Tokens remembered; the oldest half is forgotten when full.
+    CACHE_SIZE = 4096
+
     def __init__(self, key: bytes, lifetime: timedelta) -> None:
         self._key = key
         self._lifetime = lifetime
+        self._verified: dict[str, _Claims] = {}
 
     def issue(self, caller: Caller, now: datetime) -> IssuedToken:
         claims = {
@@ -83,19 +93,36 @@ class TokenSigner:
         valid, unexpired token issued to that same API key.
         """
         scheme, _, token = authorization.partition(" ")
+        token = token.strip()
         if scheme.lower() != "bearer" or not token or not api_key:
             raise ApiError(Reason.UNAUTHENTICATED)
+        claims = self._verified.get(token) or self._decode(token)
+        if claims.expires_at <= now.timestamp() or not hmac.compare_digest(
+            claims.api_key.encode(), api_key.encode()
+        ):
+            raise ApiError(Reason.UNAUTHENTICATED)
+        return Caller(account_id=claims.account_id, api_key=api_key)
+
+    def _decode(self, token: str) -> _Claims:
         try:
-            claims = jwt.decode(
-                token.strip(),
+            decoded = jwt.decode(
+                token,
                 self._key,
                 algorithms=["HS256"],
                 options={"require": ["sub", "acc", "iat", "exp"], "verify_exp": False},
             )
-        except jwt.InvalidTokenError:
+            claims = _Claims(str(decoded["sub"]), int(decoded["acc"]), float(decoded["exp"]))
+        except (jwt.InvalidTokenError, TypeError, ValueError):
             raise ApiError(Reason.UNAUTHENTICATED) from None
-        if claims["exp"] <= now.timestamp() or not hmac.compare_digest(
-            str(claims["sub"]).encode(), api_key.encode()
-        ):
-            raise ApiError(Reason.UNAUTHENTICATED)
-        return Caller(account_id=int(claims["acc"]), api_key=api_key)
+        if len(self._verified) >= self.CACHE_SIZE:
+            for old in list(self._verified)[: self.CACHE_SIZE // 2]:
+                del self._verified[old]
+        self._verified[token] = claims
+        return claims
+
+
+@dataclass(frozen=True)
+class _Claims:
+    api_key: str
+    account_id: int
+    expires_at: float

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -26,6 +26,9 @@ from server.domain.models import (
 )
 from server.domain.money import Money
 from server.domain.service import ProductCodes, RatesView
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 _STATUS = {
     OrderStatus.PROCESSING: orders_pb2.PROCESSING,
@@ -56,9 +59,10 @@ def money(value: Money) -> money_pb2.Money:
 
 
 def timestamp(moment: datetime) -> Timestamp:
-    message = Timestamp()
-    message.FromDatetime(moment)
-    return message
+    # Arithmetic rather than Timestamp.FromDatetime, which costs several times
+    # as much and runs for every order answered.
+    micros = (moment - _EPOCH) // _MICROSECOND
+    return Timestamp(seconds=micros // 1_000_000, nanos=micros % 1_000_000 * 1000)
 
 
 def order(value: Order) -> orders_pb2.Order:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -74,7 +75,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             return handler
         values = _values(handler_call_details.invocation_metadata, "x-request-id")
         request_id = values[0] if len(values) == 1 and _is_request_id(values[0]) else None
-        return _wrap(handler, _guarded(request_id or str(uuid.uuid4())))
+        return _wrap(handler, functools.partial(_Guarded, request_id or str(uuid.uuid4())))
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
@@ -107,38 +108,58 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         ):
             return handler
         metadata = handler_call_details.invocation_metadata
-
-        @contextlib.asynccontextmanager
-        async def authenticated(context: Context) -> AsyncIterator[None]:
-            api_keys = _values(metadata, "x-api-key")
-            authorizations = _values(metadata, "authorization")
-            if len(api_keys) != 1 or len(authorizations) != 1:
-                raise ApiError(Reason.UNAUTHENTICATED)
-            caller = await self._authenticate(api_keys[0], authorizations[0], REQUEST_ID.get())
-            self._spend(caller.api_key, self._budgets.get(method, Budget.READS))
-            _CALLER.set(caller)
-            yield
-
-        return _wrap(handler, authenticated)
+        budget = self._budgets.get(method, Budget.READS)
+        return _wrap(handler, lambda context: _Authenticated(self, metadata, budget))
 
 
-def _guarded(request_id: str) -> Around:
-    @contextlib.asynccontextmanager
-    async def around(context: Context) -> AsyncIterator[None]:
-        REQUEST_ID.set(request_id)
-        try:
-            yield
-        except ApiError as error:
-            # The reason only: messages may quote what the client sent.
+class _Authenticated:
+    """Around a call: authenticates it and spends its rate budget, or refuses it.
+
+    Context managers are classes here, not @asynccontextmanager generators,
+    as they run around every call and a class costs a fraction of a generator.
+    """
+
+    def __init__(
+        self,
+        interceptor: AuthInterceptor,
+        metadata: Sequence[tuple[str, str | bytes]] | None,
+        budget: Budget,
+    ) -> None:
+        self._interceptor, self._metadata, self._budget = interceptor, metadata, budget
+
+    async def __aenter__(self) -> None:
+        api_keys = _values(self._metadata, "x-api-key")
+        authorizations = _values(self._metadata, "authorization")
+        if len(api_keys) != 1 or len(authorizations) != 1:
+            raise ApiError(Reason.UNAUTHENTICATED)
+        interceptor = self._interceptor
+        caller = await interceptor._authenticate(api_keys[0], authorizations[0], REQUEST_ID.get())
+        interceptor._spend(caller.api_key, self._budget)
+        _CALLER.set(caller)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+
+class _Guarded:
+    """Around a call: names it with its request id and answers every failure with
+    a status. The reason only is logged: messages may quote what the client sent."""
+
+    def __init__(self, request_id: str, context: Context) -> None:
+        self._request_id, self._context = request_id, context
+
+    async def __aenter__(self) -> None:
+        REQUEST_ID.set(self._request_id)
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any
+    ) -> None:
+        if isinstance(error, ApiError):
             log.info("call refused: %s", error.reason.name)
-            await context.abort_with_status(to_rpc_status(error))
-        except grpc.aio.AbortError:
-            raise
-        except Exception:
-            log.exception("unexpected failure")
-            await context.abort_with_status(to_rpc_status(ApiError(Reason.INTERNAL)))
-
-    return around
+            await self._context.abort_with_status(to_rpc_status(error))
+        elif isinstance(error, Exception) and not isinstance(error, grpc.aio.AbortError):
+            log.error("unexpected failure", exc_info=error)
+            await self._context.abort_with_status(to_rpc_status(ApiError(Reason.INTERNAL)))
 
 
 def _wrap(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMethodHandler:

@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,6 +26,7 @@ import grpc
 from instantorders.v2 import auth_pb2, auth_pb2_grpc, orders_pb2, orders_pb2_grpc
 
 from bench import report
+from bench.history import add_history
 from bench.load import CONCURRENCY, Load, h2load_grpc, median, require_tools, wrk_http
 from bench.processes import (
     Meter,
@@ -37,10 +38,8 @@ from bench.processes import (
     wait_for_http,
 )
 from server.domain.admin import load_dataset
-from server.domain.models import Caller, InstantOrderRequest
 from server.domain.ports import NewCode
-from server.domain.service import InstantOrdersService
-from server.keys import CodeCipher, load_or_create
+from server.keys import CodeCipher
 from server.store.sqlite import SqliteStore
 
 T = TypeVar("T")
@@ -51,8 +50,7 @@ LIST_ORDERS = "/instantorders.v2.OrdersService/ListOrders"
 GET_CODES = "/instantorders.v2.OrdersService/GetCodes"
 IN_STOCK, OUT_OF_STOCK, HISTORY = "BENCH-IN", "BENCH-OUT", "BENCH-HISTORY"
 #: Codes added before a phase of in-stock orders, per second of load in it.
-STOCK_PER_SECOND = 10_000
-FILL_CHUNK = 2_000
+STOCK_PER_SECOND = 2_500
 BACKLOG_ORDERS = 10_000
 PRODUCTS = [
     {"sku": sku, "name": f"Bench {sku}", "brand": "Bench", "currency": "USD", "price": "1.00",
@@ -396,25 +394,11 @@ def memory(bench: Bench, server: Process) -> dict[str, Any]:
 
 
 def fill_orders(bench: Bench, total: int) -> int:
-    """Adds instant orders through the service's own code path (in this process,
-    beside the running server) until the database holds `total`."""
+    """Adds completed orders (see bench/history.py) until the database holds `total`."""
     missing = total - bench.count("SELECT count(*) FROM orders")
-
-    async def place(store: SqliteStore) -> None:
-        signing_key = load_or_create(bench._key_file).token_signing_key
-        service = InstantOrdersService(store, signing_key, timedelta(hours=1))
-        caller = Caller(bench.account_id, bench.api_key)
-        request = InstantOrderRequest(sku=HISTORY, client_order_number="history")
-        for chunk in range(0, missing, FILL_CHUNK):
-            await asyncio.gather(
-                *[service.create_instant_order(caller, request)
-                  for _ in range(min(FILL_CHUNK, missing - chunk))]
-            )  # fmt: skip
-
     if missing > 0:
         started = time.monotonic()
-        bench.add_codes(HISTORY, missing)  # history is orders completed with codes
-        asyncio.run(bench._with_store(place))
+        add_history(bench.database, bench.account_id, HISTORY, missing)
         print(f"stored {missing:,} more orders in {time.monotonic() - started:.0f} s", flush=True)
     return bench.count("SELECT count(*) FROM orders")
 
@@ -422,7 +406,7 @@ def fill_orders(bench: Bench, total: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Benchmark instant-orders against its ceilings.")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--seconds", type=int, default=8, help="length of each run")
+    parser.add_argument("--seconds", type=int, default=6, help="length of each run")
     parser.add_argument("--warmup", type=int, default=2, help="seconds before the runs")
     parser.add_argument("--stored-orders", type=int, default=1_000_000)
     parser.add_argument("--memory-orders", type=int, default=100_000)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -197,14 +198,23 @@ class SqliteStore:
     async def complete_from_stock(self, orders: Sequence[Order], now: datetime) -> list[int]:
         at = _micros(now)
 
-        def complete(db: sqlite3.Connection, order: Order) -> int | None:
-            code = _first_unsold_code(db, order.sku)
-            if code is None or not _finish(db, order.stock_id, OrderStatus.COMPLETED, at):
-                return None
-            db.execute("UPDATE codes SET order_id = ? WHERE id = ?", (order.stock_id, code.id))
-            return order.stock_id
+        def work(db: sqlite3.Connection) -> list[int]:
+            # The oldest unsold codes of each SKU, read once for the batch.
+            needed = Counter(order.sku for order in orders)
+            stock = {sku: deque(_unsold_code_ids(db, sku, count)) for sku, count in needed.items()}
 
-        return await self._write(lambda db: _each_atomically(db, orders, complete))
+            def complete(db: sqlite3.Connection, order: Order) -> int | None:
+                codes = stock[order.sku]
+                if not codes or not _finish(db, order.stock_id, OrderStatus.COMPLETED, at):
+                    return None
+                db.execute(
+                    "UPDATE codes SET order_id = ? WHERE id = ?", (order.stock_id, codes.popleft())
+                )
+                return order.stock_id
+
+            return _each_atomically(db, orders, complete)
+
+        return await self._write(work)
 
     async def cancel_overdue(
         self, created_before: datetime, now: datetime, limit: int
@@ -631,6 +641,15 @@ class _SealedCode:
         return DeliveredCode(
             *cipher.open_code(self.id, self.key_id, self.redeem_code, self.pin_code)
         )
+
+
+def _unsold_code_ids(db: sqlite3.Connection, sku: str, count: int) -> list[int]:
+    rows = db.execute(
+        "SELECT id FROM codes INDEXED BY unsold_codes"
+        " WHERE sku = ? AND order_id IS NULL ORDER BY id LIMIT ?",
+        (sku, count),
+    )
+    return [code_id for (code_id,) in rows]
 
 
 def _first_unsold_code(db: sqlite3.Connection, sku: str) -> _SealedCode | None:

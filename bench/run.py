@@ -92,13 +92,15 @@ class Bench:
         self.processes: list[Process] = []
         self.scenarios: dict[str, Scenario] = {}
         self.headers: dict[str, str] = {}
+        self.account_id = 0
         self.api_key = ""
         self.api_secret = ""
+        self.transaction_id = ""  # an in-stock order's, for polling and GetCodes
 
     # --- setting up -----------------------------------------------------------------
 
     def prepare(self) -> None:
-        """A fresh database with a funded account, the bench products and rates."""
+        """A fresh database with a funded account and the bench products."""
         document = {
             "accounts": [{"name": "bench", "balances": {"USD": "100000000000.00"}}],
             "products": PRODUCTS,

@@ -24,6 +24,7 @@ from server.domain.service import utc_now
 from server.keys import KeyFileError, add_code_key
 from server.runtime import open_store, serve, work
 from server.settings import ENVIRONMENT, Settings
+from server.store.schema import SCHEMA_VERSION
 from server.store.sqlite import SchemaTooNew, SqliteStore
 
 
@@ -107,6 +108,11 @@ def _admin_commands(commands: Any) -> None:
     _serving_options(parser, "database", "secret_key_file")
     actions = parser.add_subparsers(required=True, metavar="ACTION")
 
+    migrate = actions.add_parser(
+        "migrate", help="bring the schema up to date (the server and worker do it on start too)"
+    )
+    migrate.set_defaults(run=lambda args, s: _admin(s, _schema_versions))
+
     load = actions.add_parser("load", help="add accounts, products, codes and rates from JSON")
     load.add_argument("file", type=Path)
     load.set_defaults(run=lambda args, s: _admin(s, _load(args.file)))
@@ -182,6 +188,13 @@ def _work(settings: Settings) -> int:
 
 
 AdminAction = Callable[[SqliteStore], Awaitable[Any]]
+
+
+async def _schema_versions(store: SqliteStore) -> dict[str, int]:
+    """Opening the store migrated it; say from which version to which."""
+    return {"from": store.found_schema_version, "schemaVersion": SCHEMA_VERSION}
+
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 

@@ -7,8 +7,9 @@ import sqlite3
 from datetime import timedelta
 
 from server.domain.service import InstantOrdersService
+from server.store.schema import SCHEMA_VERSION
 from tests.conftest import DATASET
-from tests.helpers import assert_invariants, open_store, signing_key, stored_codes
+from tests.helpers import assert_invariants, open_store, signing_key, snapshot, stored_codes
 from tests.processes import run_cli
 
 
@@ -129,3 +130,28 @@ def test_set_rate(tmp_path, database):
         rate = db.execute("SELECT rate, as_of FROM rates WHERE base = 'EUR' AND quote = 'USD'")
         assert rate.fetchone() == ("1.2000", "2025-11-01")
     assert admin(database, "set-rate --pair EUR/EUR --rate 1").returncode == 1
+
+
+def test_migrate_brings_a_new_database_up_to_date_and_is_idempotent(database):
+    first, again = admin(database, "migrate"), admin(database, "migrate")
+
+    assert first.returncode == again.returncode == 0, first.stderr + again.stderr
+    assert json.loads(first.stdout) == {"from": 0, "schemaVersion": SCHEMA_VERSION}
+    assert json.loads(again.stdout) == {"from": SCHEMA_VERSION, "schemaVersion": SCHEMA_VERSION}
+    with sqlite3.connect(database) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_a_database_from_a_newer_version_is_refused_and_left_alone(database):
+    assert admin(database, "migrate").returncode == 0
+    with sqlite3.connect(database) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    before = snapshot(database)
+
+    migrate = admin(database, "migrate")
+    server = run_cli("worker", "--database", database)
+
+    for refused in (migrate, server):
+        assert refused.returncode == 1
+        assert f"schema version {SCHEMA_VERSION + 1}" in refused.stderr
+    assert snapshot(database) == before

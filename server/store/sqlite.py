@@ -75,6 +75,8 @@ class SqliteStore:
         self._writer = writer
         self._reader = reader
         self._cipher = cipher
+        #: The schema version the database had when opened (0: a new file).
+        self.found_schema_version = SCHEMA_VERSION
         self._writes = Batcher(writer, write_batch)
         self._reads = Batcher(reader, read_batch)
 
@@ -83,7 +85,8 @@ class SqliteStore:
         """Opens (creating or migrating) the database; codes are sealed with `cipher`."""
         writer = await _connect(path)
         try:
-            if await in_thread(writer, lambda db: _migrate(db, cipher)):
+            found_version = await in_thread(writer, lambda db: _migrate(db, cipher))
+            if found_version < SCHEMA_VERSION:
                 # Copy the migrated pages into the database file at once, so no
                 # pre-migration page (say, a code in the clear) lingers in it.
                 await in_thread(
@@ -93,7 +96,9 @@ class SqliteStore:
         except BaseException:
             await writer.close()
             raise
-        return cls(writer, reader, cipher)
+        store = cls(writer, reader, cipher)
+        store.found_schema_version = found_version
+        return store
 
     async def close(self) -> None:
         await self._writes.close()
@@ -493,10 +498,10 @@ def _transaction(db: sqlite3.Connection, mode: str, work: Work[T]) -> T:
     return result
 
 
-def _migrate(db: sqlite3.Connection, cipher: CodeCipher) -> bool:
-    """Brings the schema up to date; True if it changed anything."""
+def _migrate(db: sqlite3.Connection, cipher: CodeCipher) -> int:
+    """Brings the schema up to date; returns the version it found."""
 
-    def work(db: sqlite3.Connection) -> bool:
+    def work(db: sqlite3.Connection) -> int:
         (version,) = db.execute("PRAGMA user_version").fetchone()
         if version > SCHEMA_VERSION:
             raise SchemaTooNew(
@@ -510,7 +515,7 @@ def _migrate(db: sqlite3.Connection, cipher: CodeCipher) -> bool:
             else:
                 step(db, cipher)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        return bool(version < SCHEMA_VERSION)
+        return int(version)
 
     return _transaction(db, "IMMEDIATE", work)
 

@@ -109,7 +109,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return handler
         metadata = handler_call_details.invocation_metadata
         budget = self._budgets.get(method, Budget.READS)
-        return _wrap(handler, lambda context: _Authenticated(self, metadata, budget))
+        return _wrap(
+            handler,
+            lambda context: _Authenticated(self._authenticate, self._spend, metadata, budget),
+        )
 
 
 class _Authenticated:
@@ -121,20 +124,21 @@ class _Authenticated:
 
     def __init__(
         self,
-        interceptor: AuthInterceptor,
+        authenticate: Callable[[str, str, str], Awaitable[Caller]],
+        spend: Callable[[str, Budget], None],
         metadata: Sequence[tuple[str, str | bytes]] | None,
         budget: Budget,
     ) -> None:
-        self._interceptor, self._metadata, self._budget = interceptor, metadata, budget
+        self._authenticate, self._spend = authenticate, spend
+        self._metadata, self._budget = metadata, budget
 
     async def __aenter__(self) -> None:
         api_keys = _values(self._metadata, "x-api-key")
         authorizations = _values(self._metadata, "authorization")
         if len(api_keys) != 1 or len(authorizations) != 1:
             raise ApiError(Reason.UNAUTHENTICATED)
-        interceptor = self._interceptor
-        caller = await interceptor._authenticate(api_keys[0], authorizations[0], REQUEST_ID.get())
-        interceptor._spend(caller.api_key, self._budget)
+        caller = await self._authenticate(api_keys[0], authorizations[0], REQUEST_ID.get())
+        self._spend(caller.api_key, self._budget)
         _CALLER.set(caller)
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -70,13 +70,17 @@ class SchemaTooNew(RuntimeError):
 
 class SqliteStore:
     def __init__(
-        self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, cipher: CodeCipher
+        self,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        cipher: CodeCipher,
+        found_schema_version: int,
     ) -> None:
         self._writer = writer
         self._reader = reader
         self._cipher = cipher
         #: The schema version the database had when opened (0: a new file).
-        self.found_schema_version = SCHEMA_VERSION
+        self.found_schema_version = found_schema_version
         self._writes = Batcher(writer, write_batch)
         self._reads = Batcher(reader, read_batch)
 
@@ -96,9 +100,7 @@ class SqliteStore:
         except BaseException:
             await writer.close()
             raise
-        store = cls(writer, reader, cipher)
-        store.found_schema_version = found_version
-        return store
+        return cls(writer, reader, cipher, found_version)
 
     async def close(self) -> None:
         await self._writes.close()

@@ -20,7 +20,6 @@ as before; under load, batches grow with the load.
 from __future__ import annotations
 
 import asyncio
-import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,7 +29,6 @@ import aiosqlite
 
 T = TypeVar("T")
 Work = Callable[[sqlite3.Connection], T]
-log = logging.getLogger(__name__)
 
 #: The most requests one batch takes: bounds the time a batch holds the
 #: write lock and the latency of its first request.

@@ -19,13 +19,12 @@ from typing import Any
 
 from server import demo, logs
 from server.domain import admin
-from server.domain.ports import DataConflict
+from server.domain.ports import DataConflict, Store
 from server.domain.service import utc_now
 from server.keys import KeyFileError, add_code_key
 from server.runtime import open_store, serve, work
 from server.settings import ENVIRONMENT, Settings
-from server.store.schema import SCHEMA_VERSION
-from server.store.sqlite import SchemaTooNew, SqliteStore
+from server.store.common import SchemaTooNew
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,15 +48,15 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     both = commands.add_parser("serve", help="run the gRPC server and the REST gateway")
-    _serving_options(both, "database", "grpc_listen", "http_listen", *_SERVER_OPTIONS)
+    _serving_options(both, "grpc_listen", "http_listen", *_DATABASE_OPTIONS, *_SERVER_OPTIONS)
     both.set_defaults(run=lambda args, s: _serve(s, grpc=True, gateway=True))
 
     grpc_only = commands.add_parser("server", help="run the gRPC server alone")
-    _serving_options(grpc_only, "database", "grpc_listen", *_SERVER_OPTIONS)
+    _serving_options(grpc_only, "grpc_listen", *_DATABASE_OPTIONS, *_SERVER_OPTIONS)
     grpc_only.set_defaults(run=lambda args, s: _serve(s, grpc=True, gateway=False))
 
     worker = commands.add_parser("worker", help="run the fulfiller alone (the server runs one too)")
-    _serving_options(worker, "database", "fulfillment_timeout_seconds", "secret_key_file")
+    _serving_options(worker, "fulfillment_timeout_seconds", *_DATABASE_OPTIONS)
     worker.set_defaults(run=lambda args, s: _work(s))
 
     gateway = commands.add_parser("gateway", help="run the REST gateway alone")
@@ -75,22 +74,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-_METAVARS = {"seconds": "SECONDS", "orders": "RATE:BURST", "reads": "RATE:BURST"}
+_METAVARS = {"seconds": "SECONDS", "size": "N", "orders": "RATE:BURST", "reads": "RATE:BURST"}
+_DATABASE_OPTIONS = (
+    "database", "secret_key_file", "database_pool_size", "database_statement_timeout_seconds",
+)  # fmt: skip
 _SERVER_OPTIONS = (
-    "fulfillment_timeout_seconds", "secret_key_file", "rate_limit_orders", "rate_limit_reads",
+    "fulfillment_timeout_seconds", "rate_limit_orders", "rate_limit_reads",
 )  # fmt: skip
 
 
 def _serving_options(parser: argparse.ArgumentParser, *names: str) -> None:
     helps = {
-        "database": "SQLite database file",
+        "database": "SQLite database file, or postgresql://HOST:PORT/DB?search_path=SCHEMA",
         "grpc_listen": "HOST:PORT of the gRPC server",
         "http_listen": "HOST:PORT of the REST gateway",
         "upstream": "HOST:PORT of the gRPC server the gateway calls",
         "fulfillment_timeout_seconds": "SECONDS a PROCESSING order may wait for a code before "
         "it is cancelled and refunded (default 86400)",
         "secret_key_file": "key file of the token signing key and the code data keys, made "
-        "with mode 0600 if missing (default: the database path + .key)",
+        "with mode 0600 if missing (default: the database path + .key; instant-orders.key "
+        "for PostgreSQL); replicas share one",
+        "database_pool_size": "PostgreSQL connections per process (default 10)",
+        "database_statement_timeout_seconds": "SECONDS a PostgreSQL statement may run before "
+        "the call fails with UNAVAILABLE (default 5)",
         "rate_limit_orders": "order creation per API key: RATE/s:BURST, 0 = off (default 50:100)",
         "rate_limit_reads": "reads per API key: RATE/s:BURST, 0 = off (default 100:200)",
     }
@@ -105,7 +111,7 @@ def _serving_options(parser: argparse.ArgumentParser, *names: str) -> None:
 
 def _admin_commands(commands: Any) -> None:
     parser = commands.add_parser("admin", help="change the data: load, add-codes, top-up, set-rate")
-    _serving_options(parser, "database", "secret_key_file")
+    _serving_options(parser, *_DATABASE_OPTIONS)
     actions = parser.add_subparsers(required=True, metavar="ACTION")
 
     migrate = actions.add_parser(
@@ -187,12 +193,12 @@ def _work(settings: Settings) -> int:
     return 0
 
 
-AdminAction = Callable[[SqliteStore], Awaitable[Any]]
+AdminAction = Callable[[Store], Awaitable[Any]]
 
 
-async def _schema_versions(store: SqliteStore) -> dict[str, int]:
+async def _schema_versions(store: Store) -> dict[str, int]:
     """Opening the store migrated it; say from which version to which."""
-    return {"from": store.found_schema_version, "schemaVersion": SCHEMA_VERSION}
+    return {"from": store.found_schema_version, "schemaVersion": store.schema_version}
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -218,7 +224,7 @@ def _moment(text: str) -> datetime:
 
 
 def _create_key(account_id: int) -> AdminAction:
-    async def action(store: SqliteStore) -> Any:
+    async def action(store: Store) -> Any:
         api_key, api_secret = await admin.create_api_key(store, account_id, utc_now())
         return {"accountId": account_id, "apiKey": api_key, "apiSecret": api_secret}
 
@@ -226,7 +232,7 @@ def _create_key(account_id: int) -> AdminAction:
 
 
 def _disable_key(api_key: str) -> AdminAction:
-    async def action(store: SqliteStore) -> Any:
+    async def action(store: Store) -> Any:
         account_id = await store.disable_api_key(api_key, utc_now())
         return {"accountId": account_id, "apiKey": api_key, "disabled": True}
 
@@ -234,7 +240,7 @@ def _disable_key(api_key: str) -> AdminAction:
 
 
 def _rotate_code_key(key_file: str) -> AdminAction:
-    async def action(store: SqliteStore) -> Any:
+    async def action(store: Store) -> Any:
         ring = add_code_key(key_file)
         resealed = 0
         while count := await store.reseal_codes(limit=1000):  # one transaction per 1000
@@ -245,7 +251,7 @@ def _rotate_code_key(key_file: str) -> AdminAction:
 
 
 def _audit(account_id: int, since: datetime) -> AdminAction:
-    async def action(store: SqliteStore) -> Any:
+    async def action(store: Store) -> Any:
         return [
             {
                 "at": record.at.isoformat().replace("+00:00", "Z"),
@@ -268,7 +274,7 @@ def _load(path: Path) -> AdminAction:
     except json.JSONDecodeError as error:
         raise admin.InvalidInput(f"{path} is not valid JSON: {error}") from None
 
-    async def action(store: SqliteStore) -> Any:
+    async def action(store: Store) -> Any:
         created = await admin.load_dataset(store, document, utc_now())
         return {
             "accounts": [
@@ -288,14 +294,14 @@ def _load(path: Path) -> AdminAction:
 def _add_codes(sku: str, path: Path) -> AdminAction:
     codes = admin.parse_codes_csv(path.read_text(), sku)
 
-    async def action(store: SqliteStore) -> Any:
+    async def action(store: Store) -> Any:
         return {"added": await store.add_codes(codes, utc_now())}
 
     return action
 
 
 def _top_up(account_id: int, currency: str, amount: str) -> AdminAction:
-    async def action(store: SqliteStore) -> Any:
+    async def action(store: Store) -> Any:
         balance = await store.top_up(account_id, admin.parse_money(amount, currency), utc_now())
         return {"accountId": account_id, "balance": str(balance.amount), "currency": currency}
 
@@ -303,7 +309,7 @@ def _top_up(account_id: int, currency: str, amount: str) -> AdminAction:
 
 
 def _set_rate(pair: str, rate: str, as_of: str | None) -> AdminAction:
-    async def action(store: SqliteStore) -> Any:
+    async def action(store: Store) -> Any:
         exchange_rate = admin.parse_exchange_rate(pair, rate, as_of, utc_now())
         await store.set_rate(exchange_rate)
         return {

@@ -11,11 +11,13 @@ from typing import Any
 
 from gateway.app import GatewaySettings, start_gateway
 from server.domain.fulfillment import Fulfiller, InventorySource
+from server.domain.ports import Store
 from server.domain.service import InstantOrdersService, utc_now
 from server.keys import CodeCipher, load_or_create
 from server.rpc.app import RunningServer, start_server
 from server.settings import Settings
-from server.store.sqlite import SqliteStore
+from server.store import backends
+from server.store.postgres import PoolSettings
 
 log = logging.getLogger("instant_orders")
 
@@ -88,13 +90,14 @@ async def _grpc_server(settings: Settings) -> AsyncIterator[RunningServer]:
         await store.close()
 
 
-async def open_store(settings: Settings) -> SqliteStore:
+async def open_store(settings: Settings) -> Store:
     """The database, its codes sealed with the data keys of the key file."""
-    return await SqliteStore.open(settings.database, CodeCipher(settings.key_file))
+    pool = PoolSettings(settings.database_pool_size, settings.database_statement_timeout_seconds)
+    return await backends.open_store(settings.database, CodeCipher(settings.key_file), pool)
 
 
 def _fulfiller(
-    settings: Settings, store: SqliteStore, on_change: Callable[[list[int]], None] | None = None
+    settings: Settings, store: Store, on_change: Callable[[list[int]], None] | None = None
 ) -> Fulfiller:
     return Fulfiller(
         store,

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from server.domain.fulfillment import BATCH_SIZE
 from server.domain.limits import DEFAULT_LIMITS, Limits, Rate
+from server.store.backends import is_postgres
 
 ENVIRONMENT = {
     "database": "INSTANT_ORDERS_DATABASE",
@@ -21,6 +22,8 @@ ENVIRONMENT = {
     "secret_key_file": "INSTANT_ORDERS_SECRET_KEY_FILE",
     "rate_limit_orders": "INSTANT_ORDERS_RATE_LIMIT_ORDERS",
     "rate_limit_reads": "INSTANT_ORDERS_RATE_LIMIT_READS",
+    "database_pool_size": "INSTANT_ORDERS_DATABASE_POOL_SIZE",
+    "database_statement_timeout_seconds": "INSTANT_ORDERS_DATABASE_STATEMENT_TIMEOUT",
 }
 
 
@@ -42,16 +45,25 @@ class Settings:
     #: its own transaction.
     fulfillment_batch: int = BATCH_SIZE
     #: The key file (token signing key, code data keys); "" means the
-    #: database's path + ".key". Keep it apart from database backups.
+    #: database's path + ".key", or ./instant-orders.key for a PostgreSQL URL.
+    #: Keep it apart from database backups; replicas share one.
     secret_key_file: str = ""
     #: Per API key and process, "RATE:BURST" (requests per second, bucket size);
     #: "0" turns the limit off.
     rate_limit_orders: str = str(DEFAULT_LIMITS.orders)
     rate_limit_reads: str = str(DEFAULT_LIMITS.reads)
+    #: PostgreSQL only: connections per process, and the longest a statement (or
+    #: the wait for a free connection) may take before the call fails UNAVAILABLE.
+    database_pool_size: int = 10
+    database_statement_timeout_seconds: float = 5.0
 
     def __post_init__(self) -> None:
         if not self.fulfillment_timeout_seconds > 0:
             raise ValueError("the fulfillment timeout must be a positive number of seconds")
+        if self.database_pool_size < 1:
+            raise ValueError("the database pool size must be 1 or more")
+        if not self.database_statement_timeout_seconds > 0:
+            raise ValueError("the database statement timeout must be a positive number")
         if self.fulfillment_batch < 1:
             raise ValueError("the fulfillment batch must be 1 or more")
         for rate in (self.rate_limit_orders, self.rate_limit_reads):
@@ -67,7 +79,9 @@ class Settings:
 
     @property
     def key_file(self) -> str:
-        return self.secret_key_file or f"{self.database}.key"
+        if self.secret_key_file:
+            return self.secret_key_file
+        return "instant-orders.key" if is_postgres(self.database) else f"{self.database}.key"
 
     @property
     def fulfillment_timeout(self) -> timedelta:

@@ -1,10 +1,12 @@
-"""Fixtures: a real SQLite file, the real gRPC server in-process on port 0, the real gateway."""
+"""Fixtures: a real database (a SQLite file, or a PostgreSQL schema: every test that
+takes `database` runs on both unless marked sqlite_only), the real gRPC server
+in-process on port 0, the real gateway."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,11 +19,18 @@ from gateway.app import GatewaySettings, create_app
 from server.domain import admin
 from server.domain.fulfillment import BATCH_SIZE, Fulfiller, InventorySource
 from server.domain.limits import DEFAULT_LIMITS, Limits
+from server.domain.ports import Store
 from server.domain.service import InstantOrdersService, utc_now
 from server.rpc.app import start_server
-from server.store.sqlite import SqliteStore
 from tests.api import Account, GrpcApi, RestApi
+from tests.databases import (
+    drop_postgres_schema,
+    new_postgres_schema,
+    postgres_unreachable,
+)
 from tests.helpers import open_store, signing_key
+
+BACKENDS = ("sqlite", "postgresql")
 
 #: The catalogue of the tests: the reference's SKUs and its EUR/USD example.
 DATASET: dict[str, Any] = {
@@ -53,13 +62,48 @@ DATASET: dict[str, Any] = {
 }  # fmt: skip
 
 
-@pytest.fixture
-def database(tmp_path: Path) -> str:
-    return str(tmp_path / "orders.db")
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "sqlite_only: the test is about SQLite itself (its file, its pragmas)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Runs every test that uses the database on each backend."""
+    if "backend" in metafunc.fixturenames:
+        sqlite_only = metafunc.definition.get_closest_marker("sqlite_only")
+        metafunc.parametrize("backend", BACKENDS[:1] if sqlite_only else BACKENDS)
+
+
+def pytest_report_header() -> str:
+    reason = postgres_unreachable()
+    if reason:
+        return f"PostgreSQL half: SKIPPED ({reason})"
+    return "PostgreSQL half: runs (a fresh schema per test)"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    reason = postgres_unreachable()
+    if reason:
+        terminalreporter.write_line(f"PostgreSQL half SKIPPED: {reason}", yellow=True, bold=True)
 
 
 @pytest.fixture
-async def store(database: str) -> AsyncIterator[SqliteStore]:
+def database(backend: str, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: a SQLite file path or a PostgreSQL URL."""
+    if backend == "sqlite":
+        yield str(tmp_path / "orders.db")
+        return
+    reason = postgres_unreachable()
+    if reason:
+        pytest.skip(reason)
+    url = new_postgres_schema(tmp_path)
+    yield url
+    drop_postgres_schema(url)
+
+
+@pytest.fixture
+async def store(database: str) -> AsyncIterator[Store]:
     store = await open_store(database)
     yield store
     await store.close()
@@ -72,12 +116,12 @@ def limits() -> Limits:
 
 
 @pytest.fixture
-async def service(store: SqliteStore, database: str, limits: Limits) -> InstantOrdersService:
+async def service(store: Store, database: str, limits: Limits) -> InstantOrdersService:
     return InstantOrdersService(store, signing_key(database), timedelta(hours=1), limits=limits)
 
 
 @pytest.fixture
-async def accounts(store: SqliteStore, service: InstantOrdersService) -> dict[str, Account]:
+async def accounts(store: Store, service: InstantOrdersService) -> dict[str, Account]:
     """The dataset's accounts, each with a fresh bearer token."""
     created = await admin.load_dataset(store, copy.deepcopy(DATASET), utc_now())
     result = {}
@@ -116,7 +160,7 @@ def api(request: pytest.FixtureRequest, http: TestClient[Any, Any], channel: grp
 
 
 def make_fulfiller(
-    store: SqliteStore,
+    store: Store,
     service: InstantOrdersService | None = None,
     timeout: timedelta = timedelta(days=1),
     clock: Callable[[], datetime] = utc_now,
@@ -136,7 +180,7 @@ def make_fulfiller(
 
 
 @pytest.fixture
-async def fulfilling(store: SqliteStore, service: InstantOrdersService) -> AsyncIterator[Fulfiller]:
+async def fulfilling(store: Store, service: InstantOrdersService) -> AsyncIterator[Fulfiller]:
     """The fulfiller and the watchers' poller running in the background, as in the server."""
     fulfiller = make_fulfiller(store, service)
     tasks = [asyncio.create_task(fulfiller.run()), asyncio.create_task(service.updates.run())]

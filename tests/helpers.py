@@ -1,22 +1,24 @@
-"""Reading the database directly, to check what changed and what did not."""
+"""Reading the database directly (either backend), to check what changed and what did not."""
 
 from __future__ import annotations
 
-import sqlite3
 from decimal import Decimal
 from typing import Any
 
+from server.domain.ports import Store
 from server.keys import CodeCipher, load_or_create
-from server.store.sqlite import SqliteStore
+from server.store.backends import open_store as open_backend
+from tests.databases import key_file, one, query
 
 
-async def open_store(database: str) -> SqliteStore:
-    """Another connection to the test database, with the key file beside it."""
-    return await SqliteStore.open(database, CodeCipher(key_file(database)))
+async def open_store(database: str) -> Store:
+    """Another connection to the test database, with its key file."""
+    return await open_backend(database, CodeCipher(key_file(database)))
 
 
-def key_file(database: str) -> str:
-    return database + ".key"
+def database_args(database: str) -> list[str]:
+    """The command-line options that point a process at the test database."""
+    return ["--database", database, "--secret-key-file", key_file(database)]
 
 
 def signing_key(database: str) -> bytes:
@@ -25,50 +27,48 @@ def signing_key(database: str) -> bytes:
 
 def snapshot(database: str) -> dict[str, Any]:
     """Everything an order may change: balances, ledger, orders and sold codes."""
-    with sqlite3.connect(database) as db:
-        return {
-            "balances": db.execute("SELECT * FROM balances ORDER BY 1, 2").fetchall(),
-            "ledger": db.execute("SELECT count(*) FROM ledger").fetchone()[0],
-            "orders": db.execute("SELECT count(*) FROM orders").fetchone()[0],
-            "sold": db.execute("SELECT count(*) FROM codes WHERE order_id IS NOT NULL").fetchone()[
-                0
-            ],
-        }
+    return {
+        "balances": query(database, "SELECT * FROM balances ORDER BY 1, 2"),
+        "ledger": one(database, "SELECT count(*) FROM ledger"),
+        "orders": one(database, "SELECT count(*) FROM orders"),
+        "sold": one(database, "SELECT count(*) FROM codes WHERE order_id IS NOT NULL"),
+    }
 
 
 def balance(database: str, account_id: int, currency: str) -> Decimal:
-    with sqlite3.connect(database) as db:
-        row = db.execute(
-            "SELECT amount_minor FROM balances WHERE account_id = ? AND currency = ?",
-            (account_id, currency),
-        ).fetchone()
+    minor = one(
+        database,
+        "SELECT amount_minor FROM balances WHERE account_id = ? AND currency = ?",
+        (account_id, currency),
+    )
     digits = 0 if currency == "JPY" else 2
-    return Decimal(row[0]).scaleb(-digits)
+    return Decimal(minor).scaleb(-digits)
 
 
 def assert_invariants(database: str) -> None:
     """Money is conserved and no code is sold twice."""
-    with sqlite3.connect(database) as db:
-        mismatched = db.execute(
-            "SELECT b.account_id, b.currency FROM balances b"
-            " LEFT JOIN (SELECT account_id, currency, sum(amount_minor) AS total FROM ledger"
-            " GROUP BY 1, 2) l USING (account_id, currency)"
-            " WHERE b.amount_minor <> coalesce(l.total, 0)"
-        ).fetchall()
-        assert mismatched == [], f"balances differ from their ledger: {mismatched}"
-        negative = db.execute("SELECT count(*) FROM balances WHERE amount_minor < 0").fetchone()
-        assert negative == (0,)
-        unpaid = db.execute(
-            "SELECT count(*) FROM orders o WHERE NOT EXISTS"
-            " (SELECT 1 FROM ledger l WHERE l.order_id = o.id AND l.kind = 'ORDER'"
-            " AND l.amount_minor = -o.unit_price_minor)"
-        ).fetchone()
-        assert unpaid == (0,), "an order without its debit"
-        completed_without_code = db.execute(
-            "SELECT count(*) FROM orders o WHERE o.status = 'COMPLETED'"
-            " AND NOT EXISTS (SELECT 1 FROM codes c WHERE c.order_id = o.id)"
-        ).fetchone()
-        assert completed_without_code == (0,)
+    mismatched = query(
+        database,
+        "SELECT b.account_id, b.currency FROM balances b"
+        " LEFT JOIN (SELECT account_id, currency, sum(amount_minor) AS total FROM ledger"
+        " GROUP BY 1, 2) l USING (account_id, currency)"
+        " WHERE b.amount_minor <> coalesce(l.total, 0)",
+    )
+    assert mismatched == [], f"balances differ from their ledger: {mismatched}"
+    assert one(database, "SELECT count(*) FROM balances WHERE amount_minor < 0") == 0
+    unpaid = one(
+        database,
+        "SELECT count(*) FROM orders o WHERE NOT EXISTS"
+        " (SELECT 1 FROM ledger l WHERE l.order_id = o.id AND l.kind = 'ORDER'"
+        " AND l.amount_minor = -o.unit_price_minor)",
+    )
+    assert unpaid == 0, "an order without its debit"
+    completed_without_code = one(
+        database,
+        "SELECT count(*) FROM orders o WHERE o.status = 'COMPLETED'"
+        " AND NOT EXISTS (SELECT 1 FROM codes c WHERE c.order_id = o.id)",
+    )
+    assert completed_without_code == 0
 
 
 def assert_fulfillment_consistent(database: str) -> None:
@@ -79,40 +79,41 @@ def assert_fulfillment_consistent(database: str) -> None:
     same amount. And no code is on two orders.
     """
     assert_invariants(database)
-    with sqlite3.connect(database) as db:
-        rows = db.execute(
-            "SELECT o.id, o.status, o.unit_price_minor,"
-            " (SELECT count(*) FROM ledger l WHERE l.order_id = o.id AND l.kind = 'ORDER'"
-            "  AND l.amount_minor = -o.unit_price_minor),"
-            " (SELECT count(*) FROM ledger l WHERE l.order_id = o.id AND l.kind = 'REFUND'"
-            "  AND l.amount_minor = o.unit_price_minor),"
-            " (SELECT count(*) FROM ledger l WHERE l.order_id = o.id),"
-            " (SELECT count(*) FROM codes c WHERE c.order_id = o.id)"
-            " FROM orders o"
-        ).fetchall()
-        expected = {
-            "PROCESSING": (1, 0, 1, 0),
-            "COMPLETED": (1, 0, 1, 1),
-            "CANCELLED": (1, 1, 2, 0),
-        }
-        for stock_id, status, _, debits, refunds, ledger_rows, codes in rows:
-            assert (debits, refunds, ledger_rows, codes) == expected[status], (stock_id, status)
-        (codes_sold_twice,) = db.execute(
-            "SELECT count(*) FROM (SELECT sku, fingerprint FROM codes WHERE order_id IS NOT NULL"
-            " GROUP BY sku, fingerprint HAVING count(*) > 1)"
-        ).fetchone()
-        assert codes_sold_twice == 0, "a code was sold on two orders"
+    rows = query(
+        database,
+        "SELECT o.id, o.status, o.unit_price_minor,"
+        " (SELECT count(*) FROM ledger l WHERE l.order_id = o.id AND l.kind = 'ORDER'"
+        "  AND l.amount_minor = -o.unit_price_minor),"
+        " (SELECT count(*) FROM ledger l WHERE l.order_id = o.id AND l.kind = 'REFUND'"
+        "  AND l.amount_minor = o.unit_price_minor),"
+        " (SELECT count(*) FROM ledger l WHERE l.order_id = o.id),"
+        " (SELECT count(*) FROM codes c WHERE c.order_id = o.id)"
+        " FROM orders o",
+    )
+    expected = {
+        "PROCESSING": (1, 0, 1, 0),
+        "COMPLETED": (1, 0, 1, 1),
+        "CANCELLED": (1, 1, 2, 0),
+    }
+    for stock_id, status, _, debits, refunds, ledger_rows, codes in rows:
+        assert (debits, refunds, ledger_rows, codes) == expected[status], (stock_id, status)
+    codes_sold_twice = one(
+        database,
+        "SELECT count(*) FROM (SELECT sku, fingerprint FROM codes WHERE order_id IS NOT NULL"
+        " GROUP BY sku, fingerprint HAVING count(*) > 1) AS twice",
+    )
+    assert codes_sold_twice == 0, "a code was sold on two orders"
 
 
 def stored_codes(database: str) -> list[tuple[str | None, str, str | None]]:
     """(transaction id of the order it went to, redeem code, PIN) of every code, opened
     with the key file, in the order they were stocked."""
     cipher = CodeCipher(key_file(database))
-    with sqlite3.connect(database) as db:
-        rows = db.execute(
-            "SELECT o.transaction_id, c.id, c.key_id, c.redeem_code, c.pin_code"
-            " FROM codes c LEFT JOIN orders o ON o.id = c.order_id ORDER BY c.id"
-        ).fetchall()
+    rows = query(
+        database,
+        "SELECT o.transaction_id, c.id, c.key_id, c.redeem_code, c.pin_code"
+        " FROM codes c LEFT JOIN orders o ON o.id = c.order_id ORDER BY c.id",
+    )
     return [
         (
             transaction_id,

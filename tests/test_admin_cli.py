@@ -3,19 +3,31 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import timedelta
 
 from server.domain.service import InstantOrdersService
-from server.store.schema import SCHEMA_VERSION
 from tests.conftest import DATASET
-from tests.helpers import assert_invariants, open_store, signing_key, snapshot, stored_codes
+from tests.databases import (
+    latest_schema_version,
+    one,
+    query,
+    stamp_schema_version,
+    stored_schema_version,
+)
+from tests.helpers import (
+    assert_invariants,
+    database_args,
+    open_store,
+    signing_key,
+    snapshot,
+    stored_codes,
+)
 from tests.processes import run_cli
 
 
 def admin(database: str, arguments: str):
     """Runs `instant-orders admin --database DATABASE ARGUMENTS` (no spaces inside arguments)."""
-    return run_cli("admin", "--database", database, *arguments.split())
+    return run_cli("admin", *database_args(database), *arguments.split())
 
 
 def write(tmp_path, name: str, content: str) -> str:
@@ -25,8 +37,7 @@ def write(tmp_path, name: str, content: str) -> str:
 
 
 def count(database: str, table: str) -> int:
-    with sqlite3.connect(database) as db:
-        return db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    return int(one(database, f"SELECT count(*) FROM {table}"))
 
 
 def load(tmp_path, database: str, document) -> dict:
@@ -49,8 +60,7 @@ async def test_load_creates_accounts_whose_secret_gets_a_token(tmp_path, databas
         assert token.access_token
     finally:
         await store.close()
-    with sqlite3.connect(database) as db:
-        stored = db.execute("SELECT secret_hash FROM api_keys").fetchall()
+    stored = query(database, "SELECT secret_hash FROM api_keys")
     assert all(acme["apiSecret"] not in row[0] for row in stored)
     assert count(database, "codes") == 3
     assert_invariants(database)
@@ -126,32 +136,33 @@ def test_set_rate(tmp_path, database):
     result = admin(database, "set-rate --pair EUR/USD --rate 1.2000 --as-of 2025-11-01")
 
     assert result.returncode == 0, result.stderr
-    with sqlite3.connect(database) as db:
-        rate = db.execute("SELECT rate, as_of FROM rates WHERE base = 'EUR' AND quote = 'USD'")
-        assert rate.fetchone() == ("1.2000", "2025-11-01")
+    rate = query(database, "SELECT rate, as_of FROM rates WHERE base = 'EUR' AND quote = 'USD'")
+    assert rate == [("1.2000", "2025-11-01")]
     assert admin(database, "set-rate --pair EUR/EUR --rate 1").returncode == 1
 
 
 def test_migrate_brings_a_new_database_up_to_date_and_is_idempotent(database):
+    latest = latest_schema_version(database)
+
     first, again = admin(database, "migrate"), admin(database, "migrate")
 
     assert first.returncode == again.returncode == 0, first.stderr + again.stderr
-    assert json.loads(first.stdout) == {"from": 0, "schemaVersion": SCHEMA_VERSION}
-    assert json.loads(again.stdout) == {"from": SCHEMA_VERSION, "schemaVersion": SCHEMA_VERSION}
-    with sqlite3.connect(database) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert json.loads(first.stdout) == {"from": 0, "schemaVersion": latest}
+    assert json.loads(again.stdout) == {"from": latest, "schemaVersion": latest}
+    assert stored_schema_version(database) == latest
 
 
 def test_a_database_from_a_newer_version_is_refused_and_left_alone(database):
+    newer = latest_schema_version(database) + 1
     assert admin(database, "migrate").returncode == 0
-    with sqlite3.connect(database) as db:
-        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    stamp_schema_version(database, newer)
     before = snapshot(database)
 
     migrate = admin(database, "migrate")
-    server = run_cli("worker", "--database", database)
+    server = run_cli("worker", *database_args(database))
 
     for refused in (migrate, server):
         assert refused.returncode == 1
-        assert f"schema version {SCHEMA_VERSION + 1}" in refused.stderr
+        assert f"schema version {newer}" in refused.stderr
     assert snapshot(database) == before
+    assert stored_schema_version(database) == newer

@@ -16,6 +16,8 @@ from server.domain.service import InstantOrdersService
 from tests.api import Account
 from tests.helpers import assert_invariants, balance
 
+pytestmark = pytest.mark.sqlite_only  # group commit is the SQLite store's
+
 
 @pytest.fixture
 async def commits(store) -> AsyncIterator[list[str]]:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from datetime import timedelta
 from decimal import Decimal
 
 from server.domain.models import AuditEvent, Caller, InstantOrderRequest, OrderStatus
 from server.domain.money import Money
-from server.domain.ports import NewCode
+from server.domain.ports import NewCode, Store
 from server.domain.service import utc_now
-from server.store.sqlite import SqliteStore
 from tests.conftest import make_fulfiller
+from tests.databases import one, query
 from tests.helpers import assert_fulfillment_consistent, balance, open_store, sold_codes
 from tests.processes import eventually
 
@@ -33,7 +32,7 @@ async def place_waiting(api, account, count: int) -> list[str]:
     return ids
 
 
-async def restock(store: SqliteStore, *codes: str) -> None:
+async def restock(store: Store, *codes: str) -> None:
     await store.add_codes([NewCode(SKU, code, None) for code in codes], utc_now())
 
 
@@ -95,9 +94,7 @@ async def test_deadline_cancels_and_refunds_exactly_once(api, accounts, store, d
     assert await overdue.run_once() == 0  # a second pass refunds nothing more
 
     assert balance(database, acme.account_id, "USD") == before + Decimal("11.48")
-    with sqlite3.connect(database) as db:
-        refunds = db.execute("SELECT count(*) FROM ledger WHERE kind = 'REFUND'").fetchone()
-    assert refunds == (1,)
+    assert one(database, "SELECT count(*) FROM ledger WHERE kind = 'REFUND'") == 1
 
     await restock(store, "PLAY-0002")  # a cancelled order never gets a code afterwards
     assert await make_fulfiller(store).run_once() == 0
@@ -165,9 +162,8 @@ async def test_concurrent_fulfillers_never_complete_an_order_twice(
     finally:
         await other_store.close()
 
-    with sqlite3.connect(database) as db:
-        statuses = dict(db.execute("SELECT status, count(*) FROM orders GROUP BY 1").fetchall())
-        oldest = [tx for (tx,) in db.execute("SELECT transaction_id FROM orders ORDER BY id")]
+    statuses = dict(query(database, "SELECT status, count(*) FROM orders GROUP BY 1"))
+    oldest = [tx for (tx,) in query(database, "SELECT transaction_id FROM orders ORDER BY id")]
     sold = sold_codes(database)
     assert statuses == {"COMPLETED": 100, "PROCESSING": 20}
     # First come, first served: the 100 oldest got the codes, in order.

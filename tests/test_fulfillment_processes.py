@@ -7,7 +7,6 @@ import copy
 import json
 import random
 import signal
-import sqlite3
 import subprocess
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,8 +19,16 @@ from server.domain import admin
 from server.domain.models import Caller, InstantOrderRequest, OrderStatus
 from server.domain.money import Money
 from server.domain.service import InstantOrdersService, utc_now
+from server.store.backends import is_postgres
 from tests.conftest import DATASET
-from tests.helpers import assert_fulfillment_consistent, open_store, signing_key, sold_codes
+from tests.databases import query
+from tests.helpers import (
+    assert_fulfillment_consistent,
+    database_args,
+    open_store,
+    signing_key,
+    sold_codes,
+)
 from tests.processes import eventually, healthy, log_of, run_cli, start, stop, unused_port
 from tests.test_watch import next_event
 
@@ -36,10 +43,9 @@ class Prepared:
     overdue: list[str]
 
 
-async def prepare(tmp_path: Path, waiting: int, overdue: int = 0) -> Prepared:
-    """A database with `waiting` PROCESSING orders for SKU, and `overdue` ones placed
+async def prepare(database: str, waiting: int, overdue: int = 0) -> Prepared:
+    """The database with `waiting` PROCESSING orders for SKU, and `overdue` ones placed
     two hours ago; acme's bearer headers for the API."""
-    database = str(tmp_path / "orders.db")
     store = await open_store(database)
     try:
         (acme, _) = await admin.load_dataset(store, copy.deepcopy(DATASET), utc_now())
@@ -73,15 +79,16 @@ def codes_file(tmp_path: Path, count: int, first: int = 0) -> str:
 
 
 def statuses(database: str) -> dict[str, int]:
-    with sqlite3.connect(database) as db:
-        return dict(db.execute("SELECT status, count(*) FROM orders GROUP BY 1").fetchall())
+    return dict(query(database, "SELECT status, count(*) FROM orders GROUP BY 1"))
 
 
-async def test_codes_added_by_another_process_complete_waiting_orders_within_a_second(tmp_path):
-    prepared = await prepare(tmp_path, waiting=5)
+async def test_codes_added_by_another_process_complete_waiting_orders_within_a_second(
+    tmp_path, database
+):
+    prepared = await prepare(database, waiting=5)
     http_port = unused_port()
     process = start(
-        "serve", "--database", prepared.database,
+        "serve", *database_args(prepared.database),
         "--http-listen", f"127.0.0.1:{http_port}", "--grpc-listen", f"127.0.0.1:{unused_port()}",
     )  # fmt: skip
     api = f"http://127.0.0.1:{http_port}"
@@ -93,7 +100,7 @@ async def test_codes_added_by_another_process_complete_waiting_orders_within_a_s
             assert (await next_event(events))[1]["data"]["status"] == "PROCESSING"
 
             added = await asyncio.to_thread(
-                run_cli, "admin", "--database", prepared.database,
+                run_cli, "admin", *database_args(prepared.database),
                 "add-codes", "--sku", SKU, "--file", codes_file(tmp_path, 3),
             )  # fmt: skip
             assert added.returncode == 0, added.stderr
@@ -109,7 +116,7 @@ async def test_codes_added_by_another_process_complete_waiting_orders_within_a_s
             more = [{"sku": SKU, "redeemCode": f"NIN-{n:05}"} for n in (3, 4)]
             dataset.write_text(json.dumps({"codes": more}))
             loaded = await asyncio.to_thread(
-                run_cli, "admin", "--database", prepared.database, "load", str(dataset)
+                run_cli, "admin", *database_args(prepared.database), "load", str(dataset)
             )
             assert loaded.returncode == 0, loaded.stderr
 
@@ -125,15 +132,15 @@ async def test_codes_added_by_another_process_complete_waiting_orders_within_a_s
     assert_fulfillment_consistent(prepared.database)
 
 
-async def test_sigkill_during_fulfillment_then_restart_keeps_every_invariant(tmp_path):
-    prepared = await prepare(tmp_path, waiting=1200, overdue=200)
+async def test_sigkill_during_fulfillment_then_restart_keeps_every_invariant(tmp_path, database):
+    prepared = await prepare(database, waiting=1200, overdue=200)
     rng = random.Random(3)
     kills: list[int] = []  # how many of the round's 250 codes were sold when killed
 
     async def start_server() -> subprocess.Popen[str]:
         port = unused_port()
         process = start(
-            "server", "--database", prepared.database, "--fulfillment-timeout", "3600",
+            "server", *database_args(prepared.database), "--fulfillment-timeout", "3600",
             "--grpc-listen", f"127.0.0.1:{port}",
             # A transaction per completion: a burst long enough to be cut in the middle.
             env={"INSTANT_ORDERS_FULFILLMENT_BATCH": "1"},
@@ -147,7 +154,7 @@ async def test_sigkill_during_fulfillment_then_restart_keeps_every_invariant(tmp
         try:
             before = statuses(prepared.database).get("COMPLETED", 0)
             added = await asyncio.to_thread(
-                run_cli, "admin", "--database", prepared.database,
+                run_cli, "admin", *database_args(prepared.database),
                 "add-codes", "--sku", SKU, "--file", codes_file(tmp_path, 250, 250 * round_number),
             )  # fmt: skip
             assert added.returncode == 0, added.stderr
@@ -180,13 +187,13 @@ async def test_sigkill_during_fulfillment_then_restart_keeps_every_invariant(tmp
     assert set(sold) == set(prepared.waiting[:1000]), "not first come, first served"
     assert len(set(sold.values())) == 1000
     assert_fulfillment_consistent(prepared.database)
-    with sqlite3.connect(prepared.database) as db:
-        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    if not is_postgres(prepared.database):
+        assert query(prepared.database, "PRAGMA integrity_check") == [("ok",)]
 
 
-async def test_worker_alone_cancels_overdue_orders_and_stops_on_sigterm(tmp_path):
-    prepared = await prepare(tmp_path, waiting=2, overdue=3)
-    worker = start("worker", "--database", prepared.database, "--fulfillment-timeout", "60")
+async def test_worker_alone_cancels_overdue_orders_and_stops_on_sigterm(database):
+    prepared = await prepare(database, waiting=2, overdue=3)
+    worker = start("worker", *database_args(prepared.database), "--fulfillment-timeout", "60")
     try:
 
         async def overdue_cancelled() -> bool:
@@ -199,11 +206,8 @@ async def test_worker_alone_cancels_overdue_orders_and_stops_on_sigterm(tmp_path
         stop(worker)
     assert "Traceback" not in log_of(worker)
     assert_fulfillment_consistent(prepared.database)
-    with sqlite3.connect(prepared.database) as db:
-        cancelled = {
-            tx
-            for (tx,) in db.execute("SELECT transaction_id FROM orders WHERE status = 'CANCELLED'")
-        }
+    rows = query(prepared.database, "SELECT transaction_id FROM orders WHERE status = 'CANCELLED'")
+    cancelled = {tx for (tx,) in rows}
     assert cancelled == set(prepared.overdue)
 
 

@@ -10,7 +10,6 @@ step is guarded by the order still being PROCESSING, so none is done twice.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
@@ -22,7 +21,8 @@ from server.domain.ports import Store
 log = logging.getLogger(__name__)
 
 #: How often the fulfiller looks for new stock and overdue orders when idle.
-#: Stock added by another process (`admin add-codes`) is seen within this.
+#: A restock the store can tell of wakes it at once (through this process; on
+#: PostgreSQL, through any process); any other is seen within this.
 POLL_INTERVAL_SECONDS = 0.2
 #: Orders completed or cancelled per database transaction.
 BATCH_SIZE = 500
@@ -90,7 +90,7 @@ class Fulfiller:
                 log.exception("fulfillment pass failed; retrying")
                 changed = 0
             if not changed:
-                await asyncio.sleep(self._poll_interval)
+                await self._store.wait_for_restock(self._poll_interval)
 
     async def run_once(self) -> int:
         """One pass: cancel what is overdue, then complete what stock allows.

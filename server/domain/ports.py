@@ -58,6 +58,11 @@ class DataConflict(Exception):
 
 
 class Store(Protocol):
+    #: The schema version the database had when opened (0: a new database), and
+    #: the one it has now, the latest this backend knows.
+    found_schema_version: int
+    schema_version: int
+
     async def place_instant_order(
         self,
         caller: Caller,
@@ -74,6 +79,11 @@ class Store(Protocol):
     async def get_order(self, account_id: int, transaction_id: str) -> Order | None: ...
 
     # --- fulfillment: orders waiting for a code ---------------------------------------
+
+    async def wait_for_restock(self, max_seconds: float) -> None:
+        """Returns when codes may have been added (through this process, or through
+        any process where the backend can tell), or after `max_seconds`."""
+        ...
 
     async def waiting_skus(self) -> list[str]:
         """The SKUs that PROCESSING orders wait for."""

@@ -17,11 +17,9 @@ import logging
 import sqlite3
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import aiosqlite
 
@@ -30,9 +28,7 @@ from server.domain.models import (
     AuditEvent,
     AuditRecord,
     Caller,
-    DeliveredCode,
     ExchangeRate,
-    FxConversion,
     InstantOrderRequest,
     Order,
     OrderFilter,
@@ -45,27 +41,27 @@ from server.domain.orders import OrderFacts, OrderPlan
 from server.domain.ports import DataConflict, Dataset, NewCode
 from server.keys import CodeCipher
 from server.store.batches import Batcher, in_thread, read_batch, write_batch
+from server.store.common import (
+    ORDER_COLUMNS,
+    PRICED_PRODUCT_COLUMNS,
+    PRODUCT_COLUMNS,
+    RATE_COLUMNS,
+    RestockSignal,
+    SchemaTooNew,
+    SealedCode,
+    from_micros,
+    micros,
+    order_from_row,
+    product_details,
+    product_from_row,
+    product_to_price,
+    rate_from_row,
+)
 from server.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 Work = Callable[[sqlite3.Connection], T]
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ORDER_COLUMNS = """
-    o.id, o.transaction_id, o.client_order_number, o.sku, o.status, o.pay_currency,
-    o.unit_price_minor, o.original_currency, o.unit_price_original_minor, o.fx_rate,
-    o.fx_as_of, o.created_at_us, c.id, c.key_id, c.redeem_code, c.pin_code
-    FROM orders o LEFT JOIN codes c ON c.order_id = o.id
-"""
-_PRODUCT_COLUMNS = """
-    sku, name, brand, currency, price_minor, face_value_minor, instant_delivery_supported,
-    details FROM products
-"""
-
-
-class SchemaTooNew(RuntimeError):
-    """The database was written by a newer version of the service."""
 
 
 class SqliteStore:
@@ -81,6 +77,8 @@ class SqliteStore:
         self._cipher = cipher
         #: The schema version the database had when opened (0: a new file).
         self.found_schema_version = found_schema_version
+        self.schema_version = SCHEMA_VERSION
+        self._restocked = RestockSignal()
         self._writes = Batcher(writer, write_batch)
         self._reads = Batcher(reader, read_batch)
 
@@ -107,6 +105,11 @@ class SqliteStore:
         await self._reads.close()
         await self._reader.close()
         await self._writer.close()
+
+    async def wait_for_restock(self, max_seconds: float) -> None:
+        """Wakes for restocks through this process; the fulfiller's polling finds
+        the others (`admin add-codes` in another process)."""
+        await self._restocked.wait(max_seconds)
 
     async def _write(self, work: Work[T]) -> T:
         """Runs `work` in a write transaction shared with concurrent writes (group
@@ -137,7 +140,7 @@ class SqliteStore:
                 duplicate_of=_duplicate_of(db, account_id, request),
             )
             plan = decide(facts)
-            created_at_us = _micros(now)
+            created_at_us = micros(now)
             # Orders already waiting for this SKU get new stock first (the
             # fulfiller serves them in order): a new order queues behind them.
             code = None if _has_waiting(db, request.sku) else _first_unsold_code(db, request.sku)
@@ -160,7 +163,7 @@ class SqliteStore:
                 unit_price=plan.unit_price,
                 unit_price_original=plan.unit_price_original,
                 fx=plan.fx,
-                created_at=_from_micros(created_at_us),
+                created_at=from_micros(created_at_us),
                 code=None if code is None else code.opened(self._cipher),
             )
 
@@ -169,10 +172,10 @@ class SqliteStore:
     async def get_order(self, account_id: int, transaction_id: str) -> Order | None:
         def work(db: sqlite3.Connection) -> Order | None:
             row = db.execute(
-                f"SELECT {_ORDER_COLUMNS} WHERE o.transaction_id = ? AND o.account_id = ?",
+                f"SELECT {ORDER_COLUMNS} WHERE o.transaction_id = ? AND o.account_id = ?",
                 (transaction_id, account_id),
             ).fetchone()
-            return None if row is None else _order(row, self._cipher)
+            return None if row is None else order_from_row(row, self._cipher)
 
         return await self._read(work)
 
@@ -188,11 +191,11 @@ class SqliteStore:
     async def waiting_orders(self, skus: Collection[str], limit: int) -> list[Order]:
         def work(db: sqlite3.Connection) -> list[Order]:
             rows = db.execute(
-                f"SELECT {_ORDER_COLUMNS} WHERE o.status = 'PROCESSING'"
+                f"SELECT {ORDER_COLUMNS} WHERE o.status = 'PROCESSING'"
                 f" AND o.sku IN ({_placeholders(skus)}) ORDER BY o.id LIMIT ?",
                 [*skus, limit],
             )
-            return [_order(row, self._cipher) for row in rows]
+            return [order_from_row(row, self._cipher) for row in rows]
 
         return await self._read(work)
 
@@ -203,7 +206,7 @@ class SqliteStore:
         return await self._read(work)
 
     async def complete_from_stock(self, orders: Sequence[Order], now: datetime) -> list[int]:
-        at = _micros(now)
+        at = micros(now)
 
         def work(db: sqlite3.Connection) -> list[int]:
             # The oldest unsold codes of each SKU, read once for the batch.
@@ -226,7 +229,7 @@ class SqliteStore:
     async def cancel_overdue(
         self, created_before: datetime, now: datetime, limit: int
     ) -> list[int]:
-        at = _micros(now)
+        at = micros(now)
 
         def cancel(db: sqlite3.Connection, order: tuple[int, int, str, int]) -> int | None:
             stock_id, account_id, currency, minor = order
@@ -240,7 +243,7 @@ class SqliteStore:
                 "SELECT id, account_id, pay_currency, unit_price_minor FROM orders"
                 " WHERE status = 'PROCESSING' AND created_at_us < ?"
                 " ORDER BY created_at_us LIMIT ?",
-                (_micros(created_before), limit),
+                (micros(created_before), limit),
             ).fetchall()
 
         # Asked every pass: look on the reader first, and take the write lock
@@ -285,10 +288,10 @@ class SqliteStore:
                 params,
             ).fetchone()
             rows = db.execute(
-                f"SELECT {_ORDER_COLUMNS} WHERE {condition} ORDER BY o.id DESC LIMIT ? OFFSET ?",
+                f"SELECT {ORDER_COLUMNS} WHERE {condition} ORDER BY o.id DESC LIMIT ? OFFSET ?",
                 [*params, page_size, (page - 1) * page_size],
             ).fetchall()
-            return Page([_order(row, self._cipher) for row in rows], total, page, page_size)
+            return Page([order_from_row(row, self._cipher) for row in rows], total, page, page_size)
 
         return await self._read(work)
 
@@ -303,10 +306,10 @@ class SqliteStore:
                 list(skus),
             ).fetchone()
             rows = db.execute(
-                f"SELECT {_PRODUCT_COLUMNS} {condition} ORDER BY sku LIMIT ? OFFSET ?",
+                f"SELECT {PRODUCT_COLUMNS} {condition} ORDER BY sku LIMIT ? OFFSET ?",
                 [*skus, page_size, (page - 1) * page_size],
             ).fetchall()
-            return Page([_product(row) for row in rows], total, page, page_size)
+            return Page([product_from_row(row) for row in rows], total, page, page_size)
 
         return await self._read(work)
 
@@ -316,10 +319,8 @@ class SqliteStore:
 
     async def exchange_rates(self) -> list[ExchangeRate]:
         def work(db: sqlite3.Connection) -> list[ExchangeRate]:
-            rows = db.execute(
-                "SELECT base, quote, rate, as_of, updated_at_us FROM rates ORDER BY base, quote"
-            ).fetchall()
-            return [_rate(row) for row in rows]
+            rows = db.execute(f"SELECT {RATE_COLUMNS} ORDER BY base, quote").fetchall()
+            return [rate_from_row(row) for row in rows]
 
         return await self._read(work)
 
@@ -357,7 +358,7 @@ class SqliteStore:
     async def record_audit(self, record: AuditRecord) -> None:
         def work(db: sqlite3.Connection) -> None:
             audit = _Audit(
-                db, _micros(record.at), record.account_id, record.api_key, record.request_id
+                db, micros(record.at), record.account_id, record.api_key, record.request_id
             )
             audit(record.event, record.transaction_id, **record.details)
 
@@ -368,11 +369,11 @@ class SqliteStore:
             rows = db.execute(
                 "SELECT at_us, event, account_id, api_key, request_id, transaction_id, details"
                 " FROM audit WHERE account_id = ? AND at_us >= ? ORDER BY id",
-                (account_id, _micros(since)),
+                (account_id, micros(since)),
             )
             return [
                 AuditRecord(
-                    _from_micros(at), AuditEvent(event), account, key, request, tx,
+                    from_micros(at), AuditEvent(event), account, key, request, tx,
                     json.loads(details),
                 )
                 for at, event, account, key, request, tx, details in rows
@@ -385,7 +386,7 @@ class SqliteStore:
     async def create_api_key(
         self, account_id: int, api_key: str, secret_hash: str, now: datetime, max_active: int
     ) -> None:
-        at = _micros(now)
+        at = micros(now)
 
         def work(db: sqlite3.Connection) -> None:
             if db.execute("SELECT 1 FROM accounts WHERE id = ?", (account_id,)).fetchone() is None:
@@ -403,7 +404,7 @@ class SqliteStore:
         await self._write(work)
 
     async def disable_api_key(self, api_key: str, now: datetime) -> int:
-        at = _micros(now)
+        at = micros(now)
 
         def work(db: sqlite3.Connection) -> int:
             row = db.execute(
@@ -419,7 +420,7 @@ class SqliteStore:
         return await self._write(work)
 
     async def load(self, dataset: Dataset, now: datetime) -> list[int]:
-        at = _micros(now)
+        at = micros(now)
 
         def work(db: sqlite3.Connection) -> list[int]:
             account_ids = []
@@ -436,10 +437,14 @@ class SqliteStore:
                 _upsert_rate(db, rate)
             return account_ids
 
-        return await self._write(work)
+        account_ids = await self._write(work)
+        self._restocked.set()
+        return account_ids
 
     async def add_codes(self, codes: Sequence[NewCode], now: datetime) -> int:
-        return await self._write(lambda db: _insert_codes(db, self._cipher, codes, _micros(now)))
+        added = await self._write(lambda db: _insert_codes(db, self._cipher, codes, micros(now)))
+        self._restocked.set()
+        return added
 
     async def reseal_codes(self, limit: int) -> int:
         """Re-encrypts up to `limit` codes not sealed with the active data key (after
@@ -466,7 +471,7 @@ class SqliteStore:
         def work(db: sqlite3.Connection) -> Money:
             if db.execute("SELECT 1 FROM accounts WHERE id = ?", (account_id,)).fetchone() is None:
                 raise DataConflict(f"no account has id {account_id}")
-            _credit(db, account_id, amount, _micros(now))
+            _credit(db, account_id, amount, micros(now))
             return _balances(db, account_id)[amount.currency]
 
         return await self._write(work)
@@ -506,10 +511,7 @@ def _migrate(db: sqlite3.Connection, cipher: CodeCipher) -> int:
     def work(db: sqlite3.Connection) -> int:
         (version,) = db.execute("PRAGMA user_version").fetchone()
         if version > SCHEMA_VERSION:
-            raise SchemaTooNew(
-                f"the database has schema version {version}; this service knows "
-                f"{SCHEMA_VERSION} at most"
-            )
+            raise SchemaTooNew(version, SCHEMA_VERSION)
         for step in MIGRATIONS[version:]:
             if isinstance(step, str):
                 for statement in _statements(step):
@@ -537,24 +539,8 @@ def _statements(script: str) -> list[str]:
 
 
 def _product_to_price(db: sqlite3.Connection, sku: str) -> Product | None:
-    """The product without its descriptive details (JSON), which pricing does not
-    need: decoding them was a tenth of the order's own work in the database thread."""
-    row = db.execute(
-        "SELECT name, brand, currency, price_minor, face_value_minor, instant_delivery_supported"
-        " FROM products WHERE sku = ?",
-        (sku,),
-    ).fetchone()
-    if row is None:
-        return None
-    name, brand, currency, price_minor, face_minor, instant = row
-    return Product(
-        sku,
-        name,
-        brand,
-        Money.from_minor(price_minor, currency),
-        Money.from_minor(face_minor, currency),
-        bool(instant),
-    )
+    row = db.execute(f"SELECT {PRICED_PRODUCT_COLUMNS} WHERE sku = ?", (sku,)).fetchone()
+    return None if row is None else product_to_price(row)
 
 
 def _balances(db: sqlite3.Connection, account_id: int) -> dict[str, Money]:
@@ -566,10 +552,10 @@ def _balances(db: sqlite3.Connection, account_id: int) -> dict[str, Money]:
 
 def _rate_of(db: sqlite3.Connection, base: str, quote: str) -> ExchangeRate | None:
     row = db.execute(
-        "SELECT base, quote, rate, as_of, updated_at_us FROM rates WHERE base = ? AND quote = ?",
+        f"SELECT {RATE_COLUMNS} WHERE base = ? AND quote = ?",
         (base, quote),
     ).fetchone()
-    return None if row is None else _rate(row)
+    return None if row is None else rate_from_row(row)
 
 
 def _duplicate_of(
@@ -637,19 +623,6 @@ def _each_atomically(
     return done
 
 
-@dataclass(frozen=True)
-class _SealedCode:
-    id: int
-    key_id: int
-    redeem_code: bytes
-    pin_code: bytes | None
-
-    def opened(self, cipher: CodeCipher) -> DeliveredCode:
-        return DeliveredCode(
-            *cipher.open_code(self.id, self.key_id, self.redeem_code, self.pin_code)
-        )
-
-
 def _unsold_code_ids(db: sqlite3.Connection, sku: str, count: int) -> list[int]:
     rows = db.execute(
         "SELECT id FROM codes INDEXED BY unsold_codes"
@@ -659,7 +632,7 @@ def _unsold_code_ids(db: sqlite3.Connection, sku: str, count: int) -> list[int]:
     return [code_id for (code_id,) in rows]
 
 
-def _first_unsold_code(db: sqlite3.Connection, sku: str) -> _SealedCode | None:
+def _first_unsold_code(db: sqlite3.Connection, sku: str) -> SealedCode | None:
     # Left to itself, SQLite walks the NULL entries of the order_id index
     # (every SKU's unsold codes, oldest first), which costs O(stock of older
     # SKUs) per call: the partial index costs O(log n).
@@ -668,7 +641,7 @@ def _first_unsold_code(db: sqlite3.Connection, sku: str) -> _SealedCode | None:
         " WHERE sku = ? AND order_id IS NULL ORDER BY id LIMIT 1",
         (sku,),
     ).fetchone()
-    return None if row is None else _SealedCode(*row)
+    return None if row is None else SealedCode(*row)
 
 
 def _insert_order(
@@ -794,17 +767,6 @@ def _insert_account(db: sqlite3.Connection, name: str, at: int) -> int:
 
 
 def _upsert_product(db: sqlite3.Connection, product: Product) -> None:
-    details = {
-        "brandCategory": product.brand_category,
-        "brandSubCategory": product.brand_sub_category,
-        "types": list(product.types),
-        "format": product.format,
-        "country": product.country,
-        "imageUrl": product.image_url,
-        "descriptions": list(product.descriptions),
-        "instructions": list(product.instructions),
-        "termConditions": list(product.term_conditions),
-    }
     db.execute(
         "INSERT INTO products (sku, name, brand, currency, price_minor, face_value_minor,"
         " instant_delivery_supported, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -821,7 +783,7 @@ def _upsert_product(db: sqlite3.Connection, product: Product) -> None:
             product.price.minor,
             product.face_value.minor,
             product.instant_delivery_supported,
-            json.dumps(details),
+            product_details(product),
         ),
     )
 
@@ -860,68 +822,9 @@ def _upsert_rate(db: sqlite3.Connection, rate: ExchangeRate) -> None:
         "INSERT INTO rates (base, quote, rate, as_of, updated_at_us) VALUES (?, ?, ?, ?, ?)"
         " ON CONFLICT (base, quote) DO UPDATE SET rate = excluded.rate,"
         " as_of = excluded.as_of, updated_at_us = excluded.updated_at_us",
-        (rate.base, rate.quote, str(rate.rate), rate.as_of, _micros(rate.updated_at)),
+        (rate.base, rate.quote, str(rate.rate), rate.as_of, micros(rate.updated_at)),
     )
-
-
-# --- rows to domain values -----------------------------------------------------------
-
-
-def _order(row: Any, cipher: CodeCipher) -> Order:
-    (stock_id, transaction_id, client_order_number, sku, status, pay_currency, unit_minor,
-     original_currency, original_minor, fx_rate, fx_as_of, created_at_us, code_id, key_id,
-     redeem_code, pin_code) = row  # fmt: skip
-    code = None if code_id is None else _SealedCode(code_id, key_id, redeem_code, pin_code)
-    return Order(
-        stock_id=stock_id,
-        transaction_id=transaction_id,
-        client_order_number=client_order_number,
-        sku=sku,
-        status=OrderStatus(status),
-        unit_price=Money.from_minor(unit_minor, pay_currency),
-        unit_price_original=Money.from_minor(original_minor, original_currency),
-        fx=None
-        if fx_rate is None
-        else FxConversion(f"{original_currency}/{pay_currency}", Decimal(fx_rate), fx_as_of),
-        created_at=_from_micros(created_at_us),
-        code=None if code is None else code.opened(cipher),
-    )
-
-
-def _product(row: Any) -> Product:
-    sku, name, brand, currency, price_minor, face_minor, instant, details_json = row
-    details = json.loads(details_json)
-    return Product(
-        sku=sku,
-        name=name,
-        brand=brand,
-        price=Money.from_minor(price_minor, currency),
-        face_value=Money.from_minor(face_minor, currency),
-        instant_delivery_supported=bool(instant),
-        brand_category=details["brandCategory"],
-        brand_sub_category=details["brandSubCategory"],
-        types=tuple(details["types"]),
-        format=details["format"],
-        country=details["country"],
-        image_url=details["imageUrl"],
-        descriptions=tuple(details["descriptions"]),
-        instructions=tuple(details["instructions"]),
-        term_conditions=tuple(details["termConditions"]),
-    )
-
-
-def _rate(row: Any) -> ExchangeRate:
-    base, quote, rate, as_of, updated_at_us = row
-    return ExchangeRate(base, quote, Decimal(rate), as_of, _from_micros(updated_at_us))
 
 
 def _placeholders(values: Collection[object]) -> str:
     return ",".join("?" * len(values))
-
-
-def _micros(moment: datetime) -> int:
-    return (moment - _EPOCH) // timedelta(microseconds=1)
-
-
-def _from_micros(micros: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=micros)

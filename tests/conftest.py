@@ -66,13 +66,21 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "sqlite_only: the test is about SQLite itself (its file, its pragmas)"
     )
+    config.addinivalue_line(
+        "markers", "postgres_only: the test is about PostgreSQL (replicas, connections)"
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Runs every test that uses the database on each backend."""
     if "backend" in metafunc.fixturenames:
-        sqlite_only = metafunc.definition.get_closest_marker("sqlite_only")
-        metafunc.parametrize("backend", BACKENDS[:1] if sqlite_only else BACKENDS)
+        marker = metafunc.definition.get_closest_marker
+        if marker("sqlite_only"):
+            metafunc.parametrize("backend", ["sqlite"])
+        elif marker("postgres_only"):
+            metafunc.parametrize("backend", ["postgresql"])
+        else:
+            metafunc.parametrize("backend", BACKENDS)
 
 
 def pytest_report_header() -> str:

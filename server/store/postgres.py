@@ -122,6 +122,14 @@ class PostgresStore:
         #: The schema version the database had when opened (0: a new database).
         self.found_schema_version = found_schema_version
         self.schema_version = SCHEMA_VERSION
+        #: Transactions PostgreSQL aborted (deadlock, serialization) and that were
+        #: run again: zero by design, counted to prove it under load.
+        self.retried = 0
+
+    @property
+    def listening(self) -> bool:
+        """Whether restocks in other processes wake this one's fulfiller now."""
+        return self._notifications.listening
 
     @classmethod
     async def open(
@@ -132,7 +140,9 @@ class PostgresStore:
         timeout_ms = str(round(settings.statement_timeout_seconds * 1000))
         server_settings = {"statement_timeout": timeout_ms, "application_name": "instant-orders"}
         connect = {
-            "timeout": settings.statement_timeout_seconds,
+            "timeout": settings.statement_timeout_seconds,  # to connect
+            # A statement PostgreSQL never answers (a dead peer) fails on our side too.
+            "command_timeout": settings.statement_timeout_seconds + 1,
             "server_settings": server_settings,
         }
         try:
@@ -163,9 +173,13 @@ class PostgresStore:
             try:
                 async with self._pool.acquire(timeout=self._timeout) as db, db.transaction():
                     return await work(db)
-            except _RETRYABLE:
+            except _RETRYABLE as error:
                 if attempt == ATTEMPTS:
                     raise
+                self.retried += 1
+                log.warning(
+                    "transaction aborted by PostgreSQL (%s); retrying", type(error).__name__
+                )
             except _UNAVAILABLE as error:
                 log.warning("PostgreSQL is unavailable: %s", type(error).__name__)
                 raise ApiError(
@@ -563,6 +577,7 @@ class _Notifications:
         self._url = url
         self._connect = connect
         self.restocked = RestockSignal()
+        self.listening = False
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -577,16 +592,20 @@ class _Notifications:
                 await self._task
 
     async def _listen(self, connected: asyncio.Event) -> None:
+        missed = False  # whether restocks may have gone unheard
         while True:
             try:
                 async with self._connection() as lost:
+                    self.listening = True
                     connected.set()
+                    if missed:  # heard from now on; look for what came before
+                        self.restocked.set()
                     await lost.wait()
                 log.warning("the LISTEN connection to PostgreSQL was lost; reconnecting")
             except _UNAVAILABLE as error:
                 log.warning("cannot LISTEN on PostgreSQL (%s); retrying", type(error).__name__)
-            connected.set()  # the store works without notifications
-            self.restocked.set()  # a restock may have been missed: look now
+            self.listening, missed = False, True
+            connected.set()  # the store works without notifications meanwhile
             await asyncio.sleep(RELISTEN_DELAY_SECONDS)
 
     @contextlib.asynccontextmanager

@@ -1,0 +1,230 @@
+"""What only PostgreSQL has to prove: several processes on one database (each with its
+own pool, as replicas have), wake-ups across processes, and connection trouble.
+
+The service under test reaches PostgreSQL through a proxy that a test can cut, so
+that "PostgreSQL is down" is real to the service without stopping the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import psycopg
+import pytest
+
+from server.domain.fulfillment import Fulfiller, InventorySource
+from server.domain.models import Caller, InstantOrderRequest
+from server.domain.money import Money
+from server.domain.ports import NewCode
+from server.domain.service import InstantOrdersService, utc_now
+from server.keys import CodeCipher
+from server.store.postgres import PoolSettings, PostgresStore
+from tests.api import Account
+from tests.databases import key_file, one, query
+from tests.helpers import assert_fulfillment_consistent, database_args, signing_key, snapshot
+from tests.processes import eventually, run_cli
+from tests.proxy import TcpProxy
+
+pytestmark = pytest.mark.postgres_only
+
+STATEMENT_TIMEOUT = 1.0
+NO_STOCK = "JPY-NT-1000"  # the dataset has no code for it
+IN_STOCK = "8PX-UF-Y5U"
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[TcpProxy]:
+    proxy = TcpProxy("127.0.0.1", 5432)
+    await proxy.start()
+    yield proxy
+    await proxy.stop()
+
+
+async def open_replica_store(database: str, port: int = 5432) -> PostgresStore:
+    """A store with a pool of its own, as another replica of the service has."""
+    url = database.replace(":5432/", f":{port}/")
+    settings = PoolSettings(size=4, statement_timeout_seconds=STATEMENT_TIMEOUT)
+    return await PostgresStore.open(url, CodeCipher(key_file(database)), settings)
+
+
+@pytest.fixture
+async def store(database: str, proxy: TcpProxy) -> AsyncIterator[PostgresStore]:
+    """The service's store, connected through the proxy, with a short statement timeout."""
+    store = await open_replica_store(database, proxy.port)
+    yield store
+    await store.close()
+
+
+async def order(api, account: Account, sku: str = IN_STOCK, **fields):
+    return await api.call("CreateInstantOrder", {"sku": sku, **fields}, account)
+
+
+async def test_while_postgres_is_down_calls_fail_unavailable_then_recover(
+    api, accounts, database, proxy
+):
+    acme = accounts["acme"]
+    (await order(api, acme)).expect_ok()
+    before = snapshot(database)
+
+    await proxy.stop()
+    for rpc, fields in (("CreateInstantOrder", {"sku": IN_STOCK}), ("GetBalances", {})):
+        reply = await api.call(rpc, fields, acme)
+        error = reply.expect_error("UNAVAILABLE", 503)
+        assert "database" in error["message"].lower()
+        assert "5432" not in str(error) and "Traceback" not in str(error)
+    assert snapshot(database) == before
+
+    await proxy.start()
+
+    async def serving_again() -> bool:
+        return (await order(api, acme)).ok
+
+    await eventually(serving_again, timeout=10)
+    assert one(database, "SELECT count(*) FROM orders") == before["orders"] + 1
+
+
+async def test_a_statement_over_its_timeout_fails_unavailable_and_changes_nothing(
+    api, accounts, database
+):
+    acme = accounts["acme"]
+    before = snapshot(database)
+    base, _, schema = database.partition("?search_path=")
+    with psycopg.connect(base, options=f"-c search_path={schema}") as blocker:
+        # Another transaction holds acme's balance row: the order's debit waits.
+        blocker.execute("SELECT * FROM balances WHERE account_id = %s FOR UPDATE", (1,))
+        started = time.monotonic()
+        reply = await order(api, acme)
+        waited = time.monotonic() - started
+    reply.expect_error("UNAVAILABLE", 503)
+    assert waited < STATEMENT_TIMEOUT + 5  # bounded by the timeout, not by the lock holder
+    assert snapshot(database) == before
+    (await order(api, acme)).expect_ok()
+
+
+def fulfiller_waiting_for_notifications(store: PostgresStore) -> Fulfiller:
+    """A fulfiller that polls once a minute: only a notification can wake it in time."""
+    return Fulfiller(store, InventorySource(store), timedelta(days=1), utc_now, poll_interval=60)
+
+
+@contextlib.asynccontextmanager
+async def running(fulfiller: Fulfiller) -> AsyncIterator[None]:
+    task = asyncio.create_task(fulfiller.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_restock_by_another_process_wakes_the_fulfiller_even_after_a_reconnect(
+    api, accounts, store, database, proxy, tmp_path
+):
+    acme = accounts["acme"]
+    await store.top_up(acme.account_id, Money.parse("10000", "JPY"), utc_now())
+    waiting = [(await order(api, acme, NO_STOCK)).expect_ok()["transactionId"] for _ in range(3)]
+
+    async def completed() -> int:
+        return int(one(database, "SELECT count(*) FROM orders WHERE status = 'COMPLETED'"))
+
+    def restock(name: str) -> None:
+        codes = tmp_path / f"{name}.csv"
+        codes.write_text(f"redeemCode,pinCode\n{name},\n")
+        added = run_cli("admin", *database_args(database), "add-codes", "--sku", NO_STOCK,
+                        "--file", str(codes))  # fmt: skip
+        assert added.returncode == 0, added.stderr
+
+    async with running(fulfiller_waiting_for_notifications(store)):
+        await asyncio.sleep(0.2)  # its first pass is done; it waits for news
+        await asyncio.to_thread(restock, "NIN-A")
+        await eventually(lambda: _equals(completed, 1), timeout=1.0)
+
+        await proxy.stop()  # the LISTEN connection is lost...
+        await eventually(lambda: _true(not store.listening), timeout=5)
+        await asyncio.to_thread(restock, "NIN-B")  # ...so this restock goes unheard
+        await proxy.start()  # it comes back by itself, and looks for what it missed
+        await eventually(lambda: _true(store.listening), timeout=10)
+        await eventually(lambda: _equals(completed, 2), timeout=1.0)
+
+        await asyncio.to_thread(restock, "NIN-C")  # and hears restocks again
+        await eventually(lambda: _equals(completed, 3), timeout=1.0)
+    done = query(database, "SELECT transaction_id FROM orders WHERE status = 'COMPLETED'")
+    assert {tx for (tx,) in done} == set(waiting)
+    assert_fulfillment_consistent(database)
+
+
+async def _equals(read, expected: int) -> bool:
+    return bool(await read() == expected)
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_orders_racing_on_two_replicas_spend_each_unit_of_money_and_stock_once(
+    accounts, store, database
+):
+    """100 orders at once through two pools, for 60 orders' worth of funds and 25 codes."""
+    acme = accounts["acme"]
+    other = await open_replica_store(database)
+    try:
+        price = Money.parse("950", "JPY")
+        await store.top_up(acme.account_id, Money.parse(str(60 * 950), "JPY"), utc_now())
+        codes = [f"NIN-{n:03}" for n in range(25)]
+        await store.add_codes([NewCode(NO_STOCK, code, None) for code in codes], utc_now())
+        services = [_service(s, database) for s in (store, other)]
+        caller = Caller(acme.account_id, acme.api_key)
+        request = InstantOrderRequest(sku=NO_STOCK, pay_with_currency="JPY")
+        outcomes = await asyncio.gather(
+            *(services[n % 2].create_instant_order(caller, request) for n in range(100)),
+            return_exceptions=True,
+        )
+        duplicates = await _same_number_on_both(services, caller)
+    finally:
+        await other.close()
+
+    kinds = Counter(
+        o.status.value if not isinstance(o, Exception) else o.reason.name for o in outcomes
+    )
+    assert kinds == {"COMPLETED": 25, "PROCESSING": 35, "INSUFFICIENT_BALANCE": 40}
+    assert one(
+        database, "SELECT amount_minor FROM balances WHERE account_id = ? AND currency = 'JPY'",
+        (acme.account_id,),
+    ) == 0  # fmt: skip
+    assert price.minor * 60 == -one(
+        database, "SELECT sum(amount_minor) FROM ledger WHERE kind = 'ORDER' AND currency = 'JPY'"
+    )
+    (created,) = [d for d in duplicates if not isinstance(d, Exception)]
+    refusals = [d for d in duplicates if isinstance(d, Exception)]
+    assert len(refusals) == 19
+    assert all(
+        r.reason.name == "CLIENT_ORDER_NUMBER_DUPLICATE"
+        and r.metadata["transactionId"] == created.transaction_id
+        for r in refusals
+    )
+    assert store.retried == other.retried == 0, "no transaction had to be retried"
+    assert_fulfillment_consistent(database)
+
+
+async def _same_number_on_both(services, caller):
+    request = InstantOrderRequest(sku=IN_STOCK, client_order_number="PO-7", dup_check=True)
+    return await asyncio.gather(
+        *(services[n % 2].create_instant_order(caller, request) for n in range(20)),
+        return_exceptions=True,
+    )
+
+
+def _service(store: PostgresStore, database: str) -> InstantOrdersService:
+    return InstantOrdersService(store, signing_key(database), timedelta(hours=1))
+
+
+async def test_replicas_starting_together_migrate_the_schema_once(database):
+    stores = await asyncio.gather(*(open_replica_store(database) for _ in range(4)))
+    for opened in stores:
+        await opened.close()
+    assert sorted(s.found_schema_version for s in stores) == [0] + [stores[0].schema_version] * 3
+    assert one(database, "SELECT count(*) FROM schema_version") == 1

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install proto lint test run bench clean
+.PHONY: install proto lint test run bench bench-scaleout bench-tools clean
 
 install: $(INSTALLED)
 
@@ -26,12 +26,18 @@ test: lint
 	$(BIN)/pytest
 
 # Load generators from the distribution's packages, matplotlib into the venv.
-bench: $(INSTALLED)
+bench-tools: $(INSTALLED)
 	command -v h2load >/dev/null && command -v wrk >/dev/null || \
 		{ apt-get install -y -q nghttp2-client wrk || sudo apt-get install -y -q nghttp2-client wrk; }
 	$(BIN)/python -c 'import matplotlib' 2>/dev/null || \
 		$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+
+bench: bench-tools
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# REST orders on 1 SQLite replica, 1 and 2 PostgreSQL replicas (needs PostgreSQL).
+bench-scaleout: bench-tools
+	$(BIN)/python -m bench.scaleout $(BENCH_ARGS)
 
 run: $(INSTALLED)
 	$(BIN)/instant-orders demo

@@ -137,5 +137,77 @@ CREATE TRIGGER audit_no_change BEFORE UPDATE OR DELETE OR TRUNCATE ON audit
     FOR EACH STATEMENT EXECUTE FUNCTION audit_is_append_only();
 """
 
-MIGRATIONS: tuple[str, ...] = (_INITIAL,)
+# An instant order's writes, in one statement: one round trip for the whole
+# transaction, as the SQLite store does them in one hop to its thread. The
+# rules have already decided the price (server/domain/orders.py); this applies
+# the plan, or reports why it cannot:
+#   - the clientOrderNumber is claimed for this order if no order has it yet;
+#     with the duplicate check on, a taken number returns its holder and
+#     changes nothing;
+#   - the oldest unsold code no other transaction holds is taken, unless
+#     orders already wait for this SKU (they are served first, in order);
+#   - the debit is conditional: a balance spent meanwhile raises IO001
+#     (INSUFFICIENT_BALANCE), which rolls the whole statement back.
+_PLACE_INSTANT_ORDER = """
+CREATE FUNCTION place_instant_order(
+    p_transaction_id text, p_account_id bigint, p_client_order_number text,
+    p_dup_check boolean, p_sku text, p_pay_currency text, p_unit_price_minor bigint,
+    p_original_currency text, p_unit_price_original_minor bigint, p_fx_rate text,
+    p_fx_as_of text, p_at bigint, p_api_key text, p_request_id text,
+    OUT duplicate_of text, OUT stock_id bigint, OUT status text, OUT code_id bigint,
+    OUT code_key_id integer, OUT redeem_code bytea, OUT pin_code bytea)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+    claimed text;
+BEGIN
+    IF p_client_order_number <> '' THEN
+        INSERT INTO client_order_numbers AS n (account_id, client_order_number, transaction_id)
+        VALUES (p_account_id, p_client_order_number, p_transaction_id)
+        ON CONFLICT DO NOTHING RETURNING n.transaction_id INTO claimed;
+        IF claimed IS NULL AND p_dup_check THEN
+            SELECT n.transaction_id INTO duplicate_of FROM client_order_numbers n
+            WHERE n.account_id = p_account_id AND n.client_order_number = p_client_order_number;
+            RETURN;
+        END IF;
+    END IF;
+
+    SELECT c.id, c.key_id, c.redeem_code, c.pin_code
+    INTO code_id, code_key_id, redeem_code, pin_code
+    FROM codes c
+    WHERE c.sku = p_sku AND c.order_id IS NULL
+      AND NOT EXISTS (SELECT 1 FROM orders w WHERE w.sku = p_sku AND w.status = 'PROCESSING')
+    ORDER BY c.id LIMIT 1 FOR UPDATE SKIP LOCKED;
+    status := CASE WHEN code_id IS NULL THEN 'PROCESSING' ELSE 'COMPLETED' END;
+
+    INSERT INTO orders AS o (transaction_id, account_id, client_order_number, sku, status,
+        pay_currency, unit_price_minor, original_currency, unit_price_original_minor,
+        fx_rate, fx_as_of, created_at_us)
+    VALUES (p_transaction_id, p_account_id, p_client_order_number, p_sku, status,
+        p_pay_currency, p_unit_price_minor, p_original_currency, p_unit_price_original_minor,
+        p_fx_rate, p_fx_as_of, p_at)
+    RETURNING o.id INTO stock_id;
+
+    UPDATE balances b SET amount_minor = b.amount_minor - p_unit_price_minor
+    WHERE b.account_id = p_account_id AND b.currency = p_pay_currency
+      AND b.amount_minor >= p_unit_price_minor;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'the balance does not cover the order' USING ERRCODE = 'IO001';
+    END IF;
+    INSERT INTO ledger (account_id, currency, amount_minor, kind, order_id, created_at_us)
+    VALUES (p_account_id, p_pay_currency, -p_unit_price_minor, 'ORDER', stock_id, p_at);
+    INSERT INTO audit (at_us, event, account_id, api_key, request_id, transaction_id, details)
+    VALUES (p_at, 'ORDER_CREATED', p_account_id, p_api_key, p_request_id, p_transaction_id,
+            json_build_object('sku', p_sku, 'status', status)::text);
+
+    IF code_id IS NOT NULL THEN
+        UPDATE codes c SET order_id = stock_id WHERE c.id = code_id;
+        INSERT INTO audit (at_us, event, account_id, api_key, request_id, transaction_id, details)
+        VALUES (p_at, 'ORDER_COMPLETED', p_account_id, p_api_key, p_request_id,
+                p_transaction_id, json_build_object('stockId', stock_id::text)::text);
+    END IF;
+END $$;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_INITIAL + _PLACE_INSTANT_ORDER,)
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -27,7 +27,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from itertools import groupby
 from typing import Any, TypeVar
@@ -54,7 +54,6 @@ from server.domain.ports import DataConflict, Dataset, NewAccount, NewCode
 from server.keys import CodeCipher
 from server.store.common import (
     ORDER_COLUMNS,
-    PRICED_PRODUCT_COLUMNS,
     PRODUCT_COLUMNS,
     RATE_COLUMNS,
     RestockSignal,
@@ -95,6 +94,22 @@ _UNAVAILABLE = (
     asyncpg.QueryCanceledError,
 )
 _RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+#: The SQLSTATE place_instant_order raises when the balance was spent meanwhile.
+_BALANCE_SPENT = "IO001"
+#: An order's facts in one round trip: the product, the account's balances, the
+#: rates from the product's currency (the rule needs at most one) and the order
+#: holding the clientOrderNumber, if any.
+_ORDER_FACTS = """
+    SELECT
+        (SELECT (sku, name, brand, currency, price_minor, face_value_minor,
+                 instant_delivery_supported)
+         FROM products WHERE sku = $1) AS product,
+        ARRAY(SELECT (currency, amount_minor) FROM balances WHERE account_id = $2) AS balances,
+        ARRAY(SELECT (base, quote, rate, as_of, updated_at_us) FROM rates
+              WHERE base = (SELECT currency FROM products WHERE sku = $1)) AS rates,
+        (SELECT transaction_id FROM client_order_numbers
+         WHERE account_id = $2 AND client_order_number = $3) AS duplicate_of
+"""
 
 
 @dataclass(frozen=True)
@@ -166,13 +181,20 @@ class PostgresStore:
     async def wait_for_restock(self, max_seconds: float) -> None:
         await self._notifications.restocked.wait(max_seconds)
 
-    async def _run(self, work: Callable[[Connection], Awaitable[T]]) -> T:
-        """Runs `work` in one transaction, retried if PostgreSQL aborts it to break a
-        deadlock; UNAVAILABLE when PostgreSQL cannot serve."""
+    async def _run(
+        self, work: Callable[[Connection], Awaitable[T]], *, transaction: bool = True
+    ) -> T:
+        """Runs `work` on a pooled connection, in one transaction (without one, each
+        statement is its own: for single statements, two round trips fewer). A
+        transaction PostgreSQL aborts to break a deadlock is run again;
+        UNAVAILABLE when PostgreSQL cannot serve."""
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                async with self._pool.acquire(timeout=self._timeout) as db, db.transaction():
-                    return await work(db)
+                async with self._pool.acquire(timeout=self._timeout) as db:
+                    if not transaction:
+                        return await work(db)
+                    async with db.transaction():
+                        return await work(db)
             except _RETRYABLE as error:
                 if attempt == ATTEMPTS:
                     raise
@@ -187,6 +209,10 @@ class PostgresStore:
                 ) from None
         raise AssertionError("unreachable")
 
+    async def _read(self, work: Callable[[Connection], Awaitable[T]]) -> T:
+        """Runs `work`, whose statements need no common snapshot, without a transaction."""
+        return await self._run(work, transaction=False)
+
     # --- orders ---------------------------------------------------------------------
 
     async def place_instant_order(
@@ -197,51 +223,66 @@ class PostgresStore:
         now: datetime,
         decide: Callable[[OrderFacts], OrderPlan],
     ) -> Order:
-        account_id = caller.account_id
+        """Two round trips: the facts in one query, the writes in one statement
+        (place_instant_order in pg_schema.py). Each is atomic alone; what may change
+        between them (a balance spent, a number claimed) the statement checks again."""
         at = micros(now)
 
-        async def work(db: Connection) -> Order:
-            row = await db.fetchrow(f"SELECT {PRICED_PRODUCT_COLUMNS} WHERE sku = $1", request.sku)
-            product = None if row is None else product_to_price(row)
-            rates = await _rates_from(db, product.currency) if product else {}
-            facts = OrderFacts(
+        async def read_facts(db: Connection) -> OrderFacts:
+            row = await db.fetchrow(
+                _ORDER_FACTS, request.sku, caller.account_id, request.client_order_number
+            )
+            product = None if row["product"] is None else product_to_price(row["product"])
+            rates = {(r[0], r[1]): rate_from_row(r) for r in row["rates"]}
+            return OrderFacts(
                 product=product,
-                balances=await _balances(db, account_id),
+                balances={c: Money.from_minor(minor, c) for c, minor in row["balances"]},
                 rate=lambda base, quote: rates.get((base, quote)),
-                duplicate_of=await _claim_number(db, account_id, request, transaction_id),
-            )
-            plan = decide(facts)
-            code = await _claim_code(db, request.sku)
-            status = OrderStatus.PROCESSING if code is None else OrderStatus.COMPLETED
-            stock_id = await _insert_order(
-                db, account_id, request, transaction_id, plan, status, at
-            )
-            await _debit(db, account_id, plan.unit_price, stock_id, at)
-            audit = [(AuditEvent.ORDER_CREATED, {"sku": request.sku, "status": status.value})]
-            if code is not None:
-                await db.execute("UPDATE codes SET order_id = $1 WHERE id = $2", stock_id, code.id)
-                audit.append((AuditEvent.ORDER_COMPLETED, {"stockId": str(stock_id)}))
-            await _audit(
-                db,
-                [
-                    (at, event, account_id, caller.api_key, caller.request_id, transaction_id, d)
-                    for event, d in audit
-                ],
-            )
-            return Order(
-                stock_id=stock_id,
-                transaction_id=transaction_id,
-                client_order_number=request.client_order_number,
-                sku=request.sku,
-                status=status,
-                unit_price=plan.unit_price,
-                unit_price_original=plan.unit_price_original,
-                fx=plan.fx,
-                created_at=from_micros(at),
-                code=None if code is None else code.opened(self._cipher),
+                duplicate_of=row["duplicate_of"] if request.dup_check else None,
             )
 
-        return await self._run(work)
+        facts = await self._read(read_facts)
+        plan = decide(facts)
+
+        async def write(db: Connection) -> Any:
+            try:
+                return await db.fetchrow(
+                    "SELECT * FROM place_instant_order($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,"
+                    " $11, $12, $13, $14)",
+                    transaction_id, caller.account_id, request.client_order_number,
+                    request.dup_check, request.sku, plan.unit_price.currency,
+                    plan.unit_price.minor, plan.unit_price_original.currency,
+                    plan.unit_price_original.minor,
+                    None if plan.fx is None else str(plan.fx.rate),
+                    None if plan.fx is None else plan.fx.as_of,
+                    at, caller.api_key, caller.request_id or None,
+                )  # fmt: skip
+            except asyncpg.PostgresError as error:
+                if error.sqlstate == _BALANCE_SPENT:
+                    raise ApiError(
+                        Reason.INSUFFICIENT_BALANCE,
+                        currency=plan.unit_price.currency,
+                        requiredAmount=str(plan.unit_price.amount),
+                    ) from None
+                raise
+
+        placed = await self._read(write)
+        if placed["duplicate_of"] is not None:  # claimed since the facts were read
+            decide(replace(facts, duplicate_of=placed["duplicate_of"]))  # raises DUPLICATE
+            raise AssertionError("the rules let a duplicate through")
+        code = None if placed["code_id"] is None else SealedCode(*tuple(placed)[3:])
+        return Order(
+            stock_id=placed["stock_id"],
+            transaction_id=transaction_id,
+            client_order_number=request.client_order_number,
+            sku=request.sku,
+            status=OrderStatus(placed["status"]),
+            unit_price=plan.unit_price,
+            unit_price_original=plan.unit_price_original,
+            fx=plan.fx,
+            created_at=from_micros(at),
+            code=None if code is None else code.opened(self._cipher),
+        )
 
     async def get_order(self, account_id: int, transaction_id: str) -> Order | None:
         async def work(db: Connection) -> Order | None:
@@ -252,7 +293,7 @@ class PostgresStore:
             )
             return None if row is None else order_from_row(row, self._cipher)
 
-        return await self._run(work)
+        return await self._read(work)
 
     # --- fulfillment ----------------------------------------------------------------
 
@@ -261,7 +302,7 @@ class PostgresStore:
             rows = await db.fetch("SELECT DISTINCT sku FROM orders WHERE status = 'PROCESSING'")
             return [row[0] for row in rows]
 
-        return await self._run(work)
+        return await self._read(work)
 
     async def waiting_orders(self, skus: Collection[str], limit: int) -> list[Order]:
         async def work(db: Connection) -> list[Order]:
@@ -273,7 +314,7 @@ class PostgresStore:
             )
             return [order_from_row(row, self._cipher) for row in rows]
 
-        return await self._run(work)
+        return await self._read(work)
 
     async def skus_in_stock(self, skus: Collection[str]) -> set[str]:
         async def work(db: Connection) -> set[str]:
@@ -284,7 +325,7 @@ class PostgresStore:
             )
             return {row[0] for row in rows}
 
-        return await self._run(work)
+        return await self._read(work)
 
     async def complete_from_stock(self, orders: Sequence[Order], now: datetime) -> list[int]:
         """Claims the orders still PROCESSING and the oldest unsold codes of their
@@ -349,7 +390,7 @@ class PostgresStore:
             )
             return [row[0] for row in rows]
 
-        return await self._run(work)
+        return await self._read(work)
 
     async def list_orders(
         self, account_id: int, order_filter: OrderFilter, page: int, page_size: int
@@ -379,7 +420,7 @@ class PostgresStore:
             )
             return Page([order_from_row(row, self._cipher) for row in rows], total, page, page_size)
 
-        return await self._run(work)
+        return await self._read(work)
 
     # --- catalogue, balances, rates, credentials ------------------------------------
 
@@ -398,10 +439,10 @@ class PostgresStore:
             )
             return Page([product_from_row(row) for row in rows], total, page, page_size)
 
-        return await self._run(work)
+        return await self._read(work)
 
     async def balances(self, account_id: int) -> list[Money]:
-        balances = await self._run(lambda db: _balances(db, account_id))
+        balances = await self._read(lambda db: _balances(db, account_id))
         return sorted(balances.values(), key=lambda money: money.currency)
 
     async def exchange_rates(self) -> list[ExchangeRate]:
@@ -409,14 +450,14 @@ class PostgresStore:
             rows = await db.fetch(f"SELECT {RATE_COLUMNS} ORDER BY base, quote")
             return [rate_from_row(row) for row in rows]
 
-        return await self._run(work)
+        return await self._read(work)
 
     async def product_currencies(self) -> list[str]:
         async def work(db: Connection) -> list[str]:
             rows = await db.fetch("SELECT DISTINCT currency FROM products ORDER BY currency")
             return [row[0] for row in rows]
 
-        return await self._run(work)
+        return await self._read(work)
 
     async def credentials(self, api_key: str) -> ApiCredentials | None:
         async def work(db: Connection) -> ApiCredentials | None:
@@ -427,7 +468,7 @@ class PostgresStore:
             )
             return None if row is None else ApiCredentials(row[0], row[1], row[2], row[3])
 
-        return await self._run(work)
+        return await self._read(work)
 
     async def api_key_active(self, api_key: str, account_id: int) -> bool:
         async def work(db: Connection) -> bool:
@@ -439,7 +480,7 @@ class PostgresStore:
             )
             return row is not None
 
-        return await self._run(work)
+        return await self._read(work)
 
     # --- audit ----------------------------------------------------------------------
 
@@ -471,7 +512,7 @@ class PostgresStore:
                 for at, event, account, key, request, tx, details in rows
             ]  # fmt: skip
 
-        return await self._run(work)
+        return await self._read(work)
 
     # --- administration -------------------------------------------------------------
 
@@ -648,53 +689,6 @@ async def _balances(db: Connection, account_id: int) -> dict[str, Money]:
     return {currency: Money.from_minor(minor, currency) for currency, minor in rows}
 
 
-async def _rates_from(db: Connection, base: str) -> dict[tuple[str, str], ExchangeRate]:
-    """Every rate from `base`: the order's rule asks for at most one of them."""
-    rows = await db.fetch(f"SELECT {RATE_COLUMNS} WHERE base = $1", base)
-    rates = [rate_from_row(row) for row in rows]
-    return {(rate.base, rate.quote): rate for rate in rates}
-
-
-async def _claim_number(
-    db: Connection, account_id: int, request: InstantOrderRequest, transaction_id: str
-) -> str | None:
-    """Claims the request's clientOrderNumber for this order if no order has it yet
-    (waiting on a transaction that is claiming it); returns the transactionId of
-    the order holding it when the request asked for the duplicate check."""
-    if not request.client_order_number:
-        return None
-    claimed = await db.fetchval(
-        "INSERT INTO client_order_numbers (account_id, client_order_number, transaction_id)"
-        " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING transaction_id",
-        account_id,
-        request.client_order_number,
-        transaction_id,
-    )
-    if claimed is not None or not request.dup_check:
-        return None
-    holder: str = await db.fetchval(
-        "SELECT transaction_id FROM client_order_numbers"
-        " WHERE account_id = $1 AND client_order_number = $2",
-        account_id,
-        request.client_order_number,
-    )
-    return holder
-
-
-async def _claim_code(db: Connection, sku: str) -> SealedCode | None:
-    """The oldest unsold code of the SKU not claimed by another transaction, unless
-    orders already wait for this SKU: they get new stock first (the fulfiller
-    serves them in order), so a new order queues behind them."""
-    row = await db.fetchrow(
-        "SELECT id, key_id, redeem_code, pin_code FROM codes"
-        " WHERE sku = $1 AND order_id IS NULL"
-        " AND NOT EXISTS (SELECT 1 FROM orders WHERE sku = $1 AND status = 'PROCESSING')"
-        " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
-        sku,
-    )
-    return None if row is None else SealedCode(*row)
-
-
 async def _claim_code_ids(db: Connection, sku: str, count: int) -> list[int]:
     rows = await db.fetch(
         "SELECT id FROM codes WHERE sku = $1 AND order_id IS NULL"
@@ -703,54 +697,6 @@ async def _claim_code_ids(db: Connection, sku: str, count: int) -> list[int]:
         count,
     )
     return [row[0] for row in rows]
-
-
-async def _insert_order(
-    db: Connection,
-    account_id: int,
-    request: InstantOrderRequest,
-    transaction_id: str,
-    plan: OrderPlan,
-    status: OrderStatus,
-    at: int,
-) -> int:
-    stock_id: int = await db.fetchval(
-        "INSERT INTO orders (transaction_id, account_id, client_order_number, sku, status,"
-        " pay_currency, unit_price_minor, original_currency, unit_price_original_minor,"
-        " fx_rate, fx_as_of, created_at_us)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
-        transaction_id,
-        account_id,
-        request.client_order_number,
-        request.sku,
-        status.value,
-        plan.unit_price.currency,
-        plan.unit_price.minor,
-        plan.unit_price_original.currency,
-        plan.unit_price_original.minor,
-        None if plan.fx is None else str(plan.fx.rate),
-        None if plan.fx is None else plan.fx.as_of,
-        at,
-    )
-    return stock_id
-
-
-async def _debit(db: Connection, account_id: int, amount: Money, order_id: int, at: int) -> None:
-    """Debits only what the balance covers. The rules checked the balance as read at
-    the start of the transaction; an order that spent it meanwhile (in another
-    transaction or replica) makes this one INSUFFICIENT_BALANCE."""
-    debited = await db.fetchval(
-        "UPDATE balances SET amount_minor = amount_minor - $1"
-        " WHERE account_id = $2 AND currency = $3 AND amount_minor >= $1 RETURNING 1",
-        amount.minor,
-        account_id,
-        amount.currency,
-    )
-    if debited is None:
-        raise ApiError(
-            Reason.INSUFFICIENT_BALANCE, currency=amount.currency, requiredAmount=str(amount.amount)
-        )
-    await _ledger(db, account_id, -amount.minor, amount.currency, "ORDER", order_id, at)
 
 
 async def _credit(

@@ -61,7 +61,7 @@ async def work(settings: Settings) -> None:
     store = await open_store(settings)
     try:
         async with _background(_fulfiller(settings, store).run()):
-            log.info("fulfilling orders from %s", settings.database)
+            log.info("fulfilling orders from %s", backends.shown(settings.database))
             await stop.wait()
     finally:
         await store.close()

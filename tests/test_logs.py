@@ -7,6 +7,7 @@ import json
 import aiohttp
 
 from server.logs import mask
+from server.store.backends import shown
 from tests.conftest import DATASET
 from tests.helpers import sold_codes
 from tests.processes import eventually, healthy, log_of, run_cli, start, stop, unused_port
@@ -64,3 +65,10 @@ async def test_a_full_session_logs_json_lines_without_any_secret(tmp_path):
 def test_anything_shaped_like_a_secret_or_token_is_masked():
     line = "header Authorization: Bearer abc.def and sk_" + "A" * 30 + " eyJhbGci.eyJzdWIi.c2ln"
     assert mask(line) == "header Authorization: [redacted] and [redacted] [redacted]"
+
+
+def test_a_database_url_is_shown_without_its_password():
+    url = "postgresql://orders:s3cr%40t@db.internal:5432/orders?search_path=live"
+    assert shown(url) == "postgresql://orders:***@db.internal:5432/orders?search_path=live"
+    assert shown("postgresql://127.0.0.1/test") == "postgresql://127.0.0.1/test"
+    assert shown("./instant-orders.db") == "./instant-orders.db"

@@ -148,6 +148,8 @@ async def test_two_replicas_keep_every_guarantee_when_one_is_killed(database, ru
                 assert stop(replica.server) == 0, log_of(replica.server)
     for process in (replicas[1].server, *(r.gateway for r in replicas)):
         assert "Traceback" not in log_of(process)
+    # No transaction was aborted for a deadlock or a serialization conflict.
+    assert "transaction aborted by PostgreSQL" not in log_of(replicas[1].server)
     assert_fulfillment_consistent(database)
 
 

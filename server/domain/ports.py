@@ -1,9 +1,10 @@
 """The one interface the domain needs from persistence.
 
-An implementation runs each method as one transaction (one hop to the
-database), and keeps the invariants no rule may break: balances never go
-negative, every balance change has its ledger row in the same transaction,
-a code goes to at most one order.
+An implementation makes each method's changes in one transaction, in as few
+hops to the database as it can, and keeps the invariants no rule may break:
+balances never go negative, every balance change has its ledger row in the
+same transaction, a code goes to at most one order. Several processes may
+share one database (PostgreSQL): the invariants hold across them too.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ class Store(Protocol):
     ) -> Order:
         """Reads the facts, lets `decide` apply the rules, then debits, reserves a
         code if one is in stock and records the order and its audit rows, all in
-        one transaction."""
+        one transaction. Facts that may change before the writes (a balance, a
+        clientOrderNumber taken meanwhile) are checked again by them."""
         ...
 
     async def get_order(self, account_id: int, transaction_id: str) -> Order | None: ...

@@ -3,6 +3,8 @@ the path of a SQLite file (the default)."""
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 from server.domain.ports import Store
 from server.keys import CodeCipher
 from server.store.postgres import PoolSettings, PostgresStore
@@ -13,6 +15,17 @@ _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 def is_postgres(database: str) -> bool:
     return database.startswith(_POSTGRES_SCHEMES)
+
+
+def shown(database: str) -> str:
+    """The database as logs may show it: a URL without its password."""
+    if not is_postgres(database):
+        return database
+    url = urlsplit(database)
+    if url.password is None:
+        return database
+    host = url.netloc.rpartition("@")[2]
+    return urlunsplit(url._replace(netloc=f"{url.username}:***@{host}"))
 
 
 async def open_store(database: str, cipher: CodeCipher, pool: PoolSettings | None = None) -> Store:

@@ -161,7 +161,9 @@ class PostgresStore:
             "server_settings": server_settings,
         }
         try:
-            pool = await asyncpg.create_pool(url, min_size=1, max_size=settings.size, **connect)
+            pool = await asyncpg.create_pool(
+                url, min_size=1, max_size=settings.size, reset=_keep_session, **connect
+            )
         except _UNAVAILABLE as error:
             raise ConnectionError(f"cannot reach PostgreSQL: {error}") from None
         try:
@@ -663,6 +665,13 @@ class _Notifications:
 
 
 # --- statements, awaited inside a transaction ------------------------------------------
+
+
+async def _keep_session(connection: Connection) -> None:
+    """Skips asyncpg's reset of a connection returned to the pool (one more round
+    trip per call: unlock, CLOSE ALL, UNLISTEN, RESET ALL). The store never
+    changes a session's state: no SET, no LISTEN, no cursor or session lock
+    outlives its transaction (the migration's lock is a transaction lock)."""
 
 
 async def _migrate(db: Connection) -> int:

@@ -66,6 +66,7 @@ SETUPS = (
 class Result:
     setup: str
     runs: list[dict[str, float]]
+    retried_transactions: int
 
     @property
     def throughput(self) -> float:
@@ -159,6 +160,14 @@ class Deployment:
             await store.close()
         return page.total
 
+    def retried_transactions(self) -> int:
+        """Transactions PostgreSQL aborted (deadlock, serialization) that the servers
+        ran again, from their logs: the measure of retry storms."""
+        return sum(
+            process.log.read_text().count("transaction aborted by PostgreSQL")
+            for process in self.processes
+        )
+
     async def stop(self) -> None:
         for process in reversed(self.processes):
             process.stop()
@@ -198,11 +207,12 @@ def measure(setup: Setup, workdir: Path, runs: int, seconds: int, warmup: int) -
                     f"{written} written"
                 )
             results.append({**asdict(load), "throughput": load.throughput})
+        retried = deployment.retried_transactions()
     finally:
         asyncio.run(deployment.stop())
-    result = Result(setup.name, results)
-    print(f"{setup.name:<24} {result.throughput:8.0f} orders/s   p99 {result.p99_ms:6.1f} ms",
-          flush=True)  # fmt: skip
+    result = Result(setup.name, results, retried)
+    print(f"{setup.name:<24} {result.throughput:8.0f} orders/s   p99 {result.p99_ms:6.1f} ms"
+          f"   transactions retried: {retried}", flush=True)  # fmt: skip
     return result
 
 

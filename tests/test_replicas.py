@@ -2,11 +2,12 @@
 on one PostgreSQL database keep every guarantee of one process, even when one of
 them is killed with SIGKILL in the middle of the load.
 
-The client behaves as a careful client of this API does: every order carries its
-own clientOrderNumber with the duplicate check on, and an order whose outcome is
-unknown (503, a dropped connection) is sent again to the other replica. The
-retry either places the order or learns its transactionId from the 409, so each
-order is placed exactly once, whichever replica answered.
+All 200 orders are in flight at once. The client behaves as a careful client
+of this API does: every order carries its own clientOrderNumber with the
+duplicate check on, and an order whose outcome is unknown (503, a dropped
+connection) is sent again to the other replica. The retry either places the
+order or learns its transactionId from the 409, so each order is placed
+exactly once, whichever replica answered.
 """
 
 from __future__ import annotations
@@ -116,7 +117,8 @@ async def test_two_replicas_keep_every_guarantee_when_one_is_killed(database, ru
     killed = replicas[0]
     try:
         timeout = aiohttp.ClientTimeout(total=15)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        unlimited = aiohttp.TCPConnector(limit=0)  # all ORDERS in flight at once
+        async with aiohttp.ClientSession(timeout=timeout, connector=unlimited) as session:
             client = Client(session, replicas, headers)
             race = await asyncio.gather(
                 *(client.post(n % 2, _racing_order()) for n in range(RACERS))
@@ -158,8 +160,8 @@ def _racing_order() -> dict[str, Any]:
 
 
 async def _load_with_a_kill(client: Client, victim: Replica) -> None:
-    """ORDERS orders, 32 at a time, alternating replicas; SIGKILL the first replica
-    once KILL_AFTER have settled."""
+    """ORDERS orders at once, alternating replicas; SIGKILL the first replica once
+    KILL_AFTER have settled."""
     pending = asyncio.Queue[int]()
     for n in range(ORDERS):
         pending.put_nowait(n)
@@ -171,7 +173,7 @@ async def _load_with_a_kill(client: Client, victim: Replica) -> None:
             if len(client.settled) >= KILL_AFTER and victim.server.poll() is None:
                 victim.server.send_signal(signal.SIGKILL)
 
-    await asyncio.gather(*(worker() for _ in range(32)))
+    await asyncio.gather(*(worker() for _ in range(ORDERS)))
     assert victim.server.wait(10) == -signal.SIGKILL
 
 

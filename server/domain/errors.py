@@ -10,6 +10,7 @@ error codes of the token endpoint, which OAuth clients expect verbatim.
 from __future__ import annotations
 
 import enum
+import logging
 from dataclasses import dataclass
 
 
@@ -94,3 +95,13 @@ def invalid_request(detail: str, field: str | None = None) -> ApiError:
     if field is None:
         return ApiError(Reason.INVALID_REQUEST, detail=detail)
     return ApiError(Reason.INVALID_REQUEST, detail=detail, field=field)
+
+
+def log_retried_failure(log: logging.Logger, what: str, error: Exception) -> None:
+    """Logs why a background job failed before it tries again: an outage the store
+    reported (UNAVAILABLE: the database is down or restarting) as one line, any
+    other failure with its stack trace, since that one is a defect."""
+    if isinstance(error, ApiError) and error.reason is Reason.UNAVAILABLE:
+        log.warning("%s, retrying: %s", what, error.message)
+    else:
+        log.error("%s; retrying", what, exc_info=error)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from server.domain.errors import log_retried_failure
 from server.domain.models import Order
 from server.domain.ports import Store
 
@@ -86,8 +87,8 @@ class Fulfiller:
         while True:
             try:
                 changed = await self.run_once()
-            except Exception:
-                log.exception("fulfillment pass failed; retrying")
+            except Exception as error:
+                log_retried_failure(log, "fulfillment pass failed", error)
                 changed = 0
             if not changed:
                 await self._store.wait_for_restock(self._poll_interval)

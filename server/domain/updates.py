@@ -14,6 +14,7 @@ import contextlib
 import logging
 from collections.abc import Iterable, Iterator
 
+from server.domain.errors import log_retried_failure
 from server.domain.ports import Store
 
 log = logging.getLogger(__name__)
@@ -77,5 +78,5 @@ class OrderUpdates:
             await asyncio.sleep(self._poll_interval)
             try:
                 self.notify(await self._store.finished_among(list(self._watchers)))
-            except Exception:
-                log.exception("polling watched orders failed; retrying")
+            except Exception as error:
+                log_retried_failure(log, "polling watched orders failed", error)

@@ -162,7 +162,7 @@ class PostgresStore:
         }
         try:
             pool = await asyncpg.create_pool(
-                url, min_size=1, max_size=settings.size, reset=_keep_session, **connect
+                url, min_size=0, max_size=settings.size, reset=_keep_session, **connect
             )
         except _UNAVAILABLE as error:
             raise ConnectionError(f"cannot reach PostgreSQL: {error}") from None

@@ -12,14 +12,18 @@ from decimal import Decimal
 from typing import Any
 
 from server.domain.models import (
+    AuditEvent,
+    AuditRecord,
     DeliveredCode,
     ExchangeRate,
     FxConversion,
+    InstantOrderRequest,
     Order,
     OrderStatus,
     Product,
 )
 from server.domain.money import Money
+from server.domain.orders import OrderPlan
 from server.keys import CodeCipher
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -101,6 +105,47 @@ def order_from_row(row: Any, cipher: CodeCipher) -> Order:
         else FxConversion(f"{original_currency}/{pay_currency}", Decimal(fx_rate), fx_as_of),
         created_at=from_micros(created_at_us),
         code=None if code is None else code.opened(cipher),
+    )
+
+
+def placed_order(
+    request: InstantOrderRequest,
+    transaction_id: str,
+    plan: OrderPlan,
+    stock_id: int,
+    status: OrderStatus,
+    created_at_us: int,
+    code: DeliveredCode | None,
+) -> Order:
+    """The order a store has just written, as the caller gets it back."""
+    return Order(
+        stock_id=stock_id,
+        transaction_id=transaction_id,
+        client_order_number=request.client_order_number,
+        sku=request.sku,
+        status=status,
+        unit_price=plan.unit_price,
+        unit_price_original=plan.unit_price_original,
+        fx=plan.fx,
+        created_at=from_micros(created_at_us),
+        code=code,
+    )
+
+
+#: The columns `audit_from_row` reads.
+AUDIT_COLUMNS = "at_us, event, account_id, api_key, request_id, transaction_id, details FROM audit"
+
+
+def audit_from_row(row: Any) -> AuditRecord:
+    at, event, account_id, api_key, request_id, transaction_id, details = row
+    return AuditRecord(
+        from_micros(at),
+        AuditEvent(event),
+        account_id,
+        api_key,
+        request_id,
+        transaction_id,
+        json.loads(details),
     )
 
 

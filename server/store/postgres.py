@@ -53,15 +53,17 @@ from server.domain.orders import OrderFacts, OrderPlan
 from server.domain.ports import DataConflict, Dataset, NewAccount, NewCode
 from server.keys import CodeCipher
 from server.store.common import (
+    AUDIT_COLUMNS,
     ORDER_COLUMNS,
     PRODUCT_COLUMNS,
     RATE_COLUMNS,
     RestockSignal,
     SchemaTooNew,
     SealedCode,
-    from_micros,
+    audit_from_row,
     micros,
     order_from_row,
+    placed_order,
     product_details,
     product_from_row,
     product_to_price,
@@ -215,6 +217,14 @@ class PostgresStore:
         """Runs `work`, whose statements need no common snapshot, without a transaction."""
         return await self._run(work, transaction=False)
 
+    async def _first_column(self, sql: str, *args: Any) -> list[Any]:
+        """The first column of the rows of one query."""
+
+        async def work(db: Connection) -> list[Any]:
+            return [row[0] for row in await db.fetch(sql, *args)]
+
+        return await self._read(work)
+
     # --- orders ---------------------------------------------------------------------
 
     async def place_instant_order(
@@ -273,18 +283,9 @@ class PostgresStore:
             decide(replace(facts, duplicate_of=placed["duplicate_of"]))  # raises DUPLICATE
             raise AssertionError("the rules let a duplicate through")
         code = None if placed["code_id"] is None else SealedCode(*tuple(placed)[3:])
-        return Order(
-            stock_id=placed["stock_id"],
-            transaction_id=transaction_id,
-            client_order_number=request.client_order_number,
-            sku=request.sku,
-            status=OrderStatus(placed["status"]),
-            unit_price=plan.unit_price,
-            unit_price_original=plan.unit_price_original,
-            fx=plan.fx,
-            created_at=from_micros(at),
-            code=None if code is None else code.opened(self._cipher),
-        )
+        opened = None if code is None else code.opened(self._cipher)
+        status = OrderStatus(placed["status"])
+        return placed_order(request, transaction_id, plan, placed["stock_id"], status, at, opened)
 
     async def get_order(self, account_id: int, transaction_id: str) -> Order | None:
         async def work(db: Connection) -> Order | None:
@@ -300,11 +301,9 @@ class PostgresStore:
     # --- fulfillment ----------------------------------------------------------------
 
     async def waiting_skus(self) -> list[str]:
-        async def work(db: Connection) -> list[str]:
-            rows = await db.fetch("SELECT DISTINCT sku FROM orders WHERE status = 'PROCESSING'")
-            return [row[0] for row in rows]
-
-        return await self._read(work)
+        return await self._first_column(
+            "SELECT DISTINCT sku FROM orders WHERE status = 'PROCESSING'"
+        )
 
     async def waiting_orders(self, skus: Collection[str], limit: int) -> list[Order]:
         async def work(db: Connection) -> list[Order]:
@@ -385,14 +384,10 @@ class PostgresStore:
         return await self._run(work)
 
     async def finished_among(self, stock_ids: Collection[int]) -> list[int]:
-        async def work(db: Connection) -> list[int]:
-            rows = await db.fetch(
-                "SELECT id FROM orders WHERE id = ANY($1::bigint[]) AND status <> 'PROCESSING'",
-                list(stock_ids),
-            )
-            return [row[0] for row in rows]
-
-        return await self._read(work)
+        return await self._first_column(
+            "SELECT id FROM orders WHERE id = ANY($1::bigint[]) AND status <> 'PROCESSING'",
+            list(stock_ids),
+        )
 
     async def list_orders(
         self, account_id: int, order_filter: OrderFilter, page: int, page_size: int
@@ -455,11 +450,7 @@ class PostgresStore:
         return await self._read(work)
 
     async def product_currencies(self) -> list[str]:
-        async def work(db: Connection) -> list[str]:
-            rows = await db.fetch("SELECT DISTINCT currency FROM products ORDER BY currency")
-            return [row[0] for row in rows]
-
-        return await self._read(work)
+        return await self._first_column("SELECT DISTINCT currency FROM products ORDER BY currency")
 
     async def credentials(self, api_key: str) -> ApiCredentials | None:
         async def work(db: Connection) -> ApiCredentials | None:
@@ -501,18 +492,11 @@ class PostgresStore:
     async def audit_trail(self, account_id: int, since: datetime) -> list[AuditRecord]:
         async def work(db: Connection) -> list[AuditRecord]:
             rows = await db.fetch(
-                "SELECT at_us, event, account_id, api_key, request_id, transaction_id, details"
-                " FROM audit WHERE account_id = $1 AND at_us >= $2 ORDER BY id",
+                f"SELECT {AUDIT_COLUMNS} WHERE account_id = $1 AND at_us >= $2 ORDER BY id",
                 account_id,
                 micros(since),
             )
-            return [
-                AuditRecord(
-                    from_micros(at), AuditEvent(event), account, key, request, tx,
-                    json.loads(details),
-                )
-                for at, event, account, key, request, tx, details in rows
-            ]  # fmt: skip
+            return [audit_from_row(row) for row in rows]
 
         return await self._read(work)
 

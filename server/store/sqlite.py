@@ -42,6 +42,7 @@ from server.domain.ports import DataConflict, Dataset, NewCode
 from server.keys import CodeCipher
 from server.store.batches import Batcher, in_thread, read_batch, write_batch
 from server.store.common import (
+    AUDIT_COLUMNS,
     ORDER_COLUMNS,
     PRICED_PRODUCT_COLUMNS,
     PRODUCT_COLUMNS,
@@ -49,9 +50,10 @@ from server.store.common import (
     RestockSignal,
     SchemaTooNew,
     SealedCode,
-    from_micros,
+    audit_from_row,
     micros,
     order_from_row,
+    placed_order,
     product_details,
     product_from_row,
     product_to_price,
@@ -154,17 +156,9 @@ class SqliteStore:
             if code is not None:
                 db.execute("UPDATE codes SET order_id = ? WHERE id = ?", (stock_id, code.id))
                 audit(AuditEvent.ORDER_COMPLETED, transaction_id, stockId=str(stock_id))
-            return Order(
-                stock_id=stock_id,
-                transaction_id=transaction_id,
-                client_order_number=request.client_order_number,
-                sku=request.sku,
-                status=status,
-                unit_price=plan.unit_price,
-                unit_price_original=plan.unit_price_original,
-                fx=plan.fx,
-                created_at=from_micros(created_at_us),
-                code=None if code is None else code.opened(self._cipher),
+            opened = None if code is None else code.opened(self._cipher)
+            return placed_order(
+                request, transaction_id, plan, stock_id, status, created_at_us, opened
             )
 
         return await self._write(work)
@@ -367,17 +361,10 @@ class SqliteStore:
     async def audit_trail(self, account_id: int, since: datetime) -> list[AuditRecord]:
         def work(db: sqlite3.Connection) -> list[AuditRecord]:
             rows = db.execute(
-                "SELECT at_us, event, account_id, api_key, request_id, transaction_id, details"
-                " FROM audit WHERE account_id = ? AND at_us >= ? ORDER BY id",
+                f"SELECT {AUDIT_COLUMNS} WHERE account_id = ? AND at_us >= ? ORDER BY id",
                 (account_id, micros(since)),
             )
-            return [
-                AuditRecord(
-                    from_micros(at), AuditEvent(event), account, key, request, tx,
-                    json.loads(details),
-                )
-                for at, event, account, key, request, tx, details in rows
-            ]  # fmt: skip
+            return [audit_from_row(row) for row in rows]
 
         return await self._read(work)
 

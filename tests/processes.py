@@ -85,3 +85,19 @@ async def healthy(url: str) -> bool:
             return response.status == 200
     except aiohttp.ClientError:
         return False
+
+
+async def start_service(
+    database_args: list[str], *options: str, timeout: float = 30
+) -> tuple[subprocess.Popen[str], str]:
+    """`instant-orders serve` on free ports with the per-key rate limits off; waits until
+    its gateway reports the gRPC server healthy. Returns it and its REST base URL."""
+    http_port = unused_port()
+    process = start(
+        "serve", *database_args,
+        "--http-listen", f"127.0.0.1:{http_port}", "--grpc-listen", f"127.0.0.1:{unused_port()}",
+        "--rate-limit-orders", "0", "--rate-limit-reads", "0", *options,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{http_port}"
+    await eventually(lambda: healthy(f"{url}/healthz"), timeout=timeout)
+    return process, url

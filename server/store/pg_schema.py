@@ -144,10 +144,12 @@ CREATE TRIGGER audit_no_change BEFORE UPDATE OR DELETE OR TRUNCATE ON audit
 #   - the clientOrderNumber is claimed for this order if no order has it yet;
 #     with the duplicate check on, a taken number returns its holder and
 #     changes nothing;
-#   - the oldest unsold code no other transaction holds is taken, unless
-#     orders already wait for this SKU (they are served first, in order);
 #   - the debit is conditional: a balance spent meanwhile raises IO001
-#     (INSUFFICIENT_BALANCE), which rolls the whole statement back.
+#     (INSUFFICIENT_BALANCE), which rolls the whole statement back. It comes
+#     before the code, so that an order refused for its balance never holds a
+#     code another order then skips;
+#   - the oldest unsold code no other transaction holds is taken, unless
+#     orders already wait for this SKU (they are served first, in order).
 _PLACE_INSTANT_ORDER = """
 CREATE FUNCTION place_instant_order(
     p_transaction_id text, p_account_id bigint, p_client_order_number text,
@@ -172,6 +174,13 @@ BEGIN
         END IF;
     END IF;
 
+    UPDATE balances b SET amount_minor = b.amount_minor - p_unit_price_minor
+    WHERE b.account_id = p_account_id AND b.currency = p_pay_currency
+      AND b.amount_minor >= p_unit_price_minor;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'the balance does not cover the order' USING ERRCODE = 'IO001';
+    END IF;
+
     SELECT c.id, c.key_id, c.redeem_code, c.pin_code
     INTO code_id, code_key_id, redeem_code, pin_code
     FROM codes c
@@ -188,12 +197,6 @@ BEGIN
         p_fx_rate, p_fx_as_of, p_at)
     RETURNING o.id INTO stock_id;
 
-    UPDATE balances b SET amount_minor = b.amount_minor - p_unit_price_minor
-    WHERE b.account_id = p_account_id AND b.currency = p_pay_currency
-      AND b.amount_minor >= p_unit_price_minor;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'the balance does not cover the order' USING ERRCODE = 'IO001';
-    END IF;
     INSERT INTO ledger (account_id, currency, amount_minor, kind, order_id, created_at_us)
     VALUES (p_account_id, p_pay_currency, -p_unit_price_minor, 'ORDER', stock_id, p_at);
     INSERT INTO audit (at_us, event, account_id, api_key, request_id, transaction_id, details)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sqlite3
 import subprocess
 
 import aiohttp
@@ -14,6 +13,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.demo import SESSION_MARKER
 from tests.conftest import DATASET
+from tests.databases import query
+from tests.helpers import database_args
 from tests.processes import eventually, healthy, log_of, run_cli, start, stop, unused_port
 
 
@@ -55,19 +56,26 @@ async def test_demo_prints_a_curl_session_that_works(tmp_path):
     assert balances["data"] == [{"balance": "988.52", "currency": "USD"}]
 
 
-async def test_sigterm_finishes_requests_in_flight_and_exits_cleanly(tmp_path):
-    database = str(tmp_path / "orders.db")
-    loaded = run_cli("admin", "--database", database, "load", _dataset_file(tmp_path))
+GRACE_SECONDS = 5
+
+
+async def test_sigterm_answers_every_accepted_request_refuses_new_ones_and_exits_0(
+    database, tmp_path
+):
+    loaded = run_cli("admin", *database_args(database), "load", _dataset_file(tmp_path))
     acme = json.loads(loaded.stdout)["accounts"][0]
     http_port, grpc_port = unused_port(), unused_port()
     process = start(
-        "serve", "--database", database,
+        "serve", *database_args(database),
         "--http-listen", f"127.0.0.1:{http_port}", "--grpc-listen", f"127.0.0.1:{grpc_port}",
+        env={"INSTANT_ORDERS_SHUTDOWN_GRACE": str(GRACE_SECONDS)},
     )  # fmt: skip
     api = f"http://127.0.0.1:{http_port}"
     try:
         await eventually(lambda: healthy(f"{api}/healthz"))
-        async with aiohttp.ClientSession() as session:
+        # A connection per request, so that each is either accepted or refused.
+        connector = aiohttp.TCPConnector(limit=0, force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
             headers = await _auth_headers(session, api, acme)
             orders = [
                 asyncio.create_task(_order(session, api, headers, f"po-{n}")) for n in range(100)
@@ -77,19 +85,31 @@ async def test_sigterm_finishes_requests_in_flight_and_exits_cleanly(tmp_path):
             await first_done
             process.send_signal(signal.SIGTERM)
             outcomes = await asyncio.gather(*orders, return_exceptions=True)
+            await eventually(lambda: _refused(session, api), timeout=GRACE_SECONDS)
         answered = [o for o in outcomes if not isinstance(o, BaseException)]
-        refused = [o for o in outcomes if isinstance(o, aiohttp.ClientConnectionError)]
-        assert len(answered) + len(refused) == len(outcomes), outcomes
+        never_connected = [o for o in outcomes if isinstance(o, aiohttp.ClientConnectorError)]
+        assert len(answered) + len(never_connected) == len(outcomes), [
+            o for o in outcomes if isinstance(o, BaseException)
+            and not isinstance(o, aiohttp.ClientConnectorError)
+        ]  # fmt: skip
         assert all(status == 200 for status, _ in answered), answered
         assert len(answered) >= 2
-        exit_code = await asyncio.to_thread(process.wait, 20)
+        exit_code = await asyncio.to_thread(process.wait, GRACE_SECONDS + 5)
     finally:
         stop(process)
     assert exit_code == 0
     assert "Traceback" not in log_of(process)
-    with sqlite3.connect(database) as db:
-        stored = {number for (number,) in db.execute("SELECT client_order_number FROM orders")}
+    stored = {number for (number,) in query(database, "SELECT client_order_number FROM orders")}
     assert {number for _, number in answered} <= stored, "an acknowledged order was lost"
+
+
+async def _refused(session: aiohttp.ClientSession, api: str) -> bool:
+    """Whether a new connection to the gateway is refused."""
+    try:
+        async with session.get(f"{api}/healthz"):
+            return False
+    except aiohttp.ClientConnectorError:
+        return True
 
 
 async def test_sigterm_turns_health_not_serving_before_stopping(tmp_path):

@@ -15,7 +15,7 @@ import grpc
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.app import GatewaySettings, create_app
+from gateway.app import HTTP_LIMITS, GatewaySettings, create_app
 from server.domain import admin
 from server.domain.fulfillment import BATCH_SIZE, Fulfiller, InventorySource
 from server.domain.limits import DEFAULT_LIMITS, Limits
@@ -156,8 +156,9 @@ async def channel(grpc_port: int) -> AsyncIterator[grpc.aio.Channel]:
 
 @pytest.fixture
 async def http(channel: grpc.aio.Channel) -> AsyncIterator[TestClient[Any, Any]]:
-    app = create_app(channel, GatewaySettings(rpc_timeout_seconds=5))
-    async with TestClient(TestServer(app)) as client:
+    server = TestServer(create_app(channel, GatewaySettings(rpc_timeout_seconds=5)))
+    await server.start_server(**HTTP_LIMITS)  # the production parser limits
+    async with TestClient(server) as client:
         yield client
 
 

@@ -142,8 +142,22 @@ def _success_response(route: Route, schemas: dict[str, Any]) -> dict[str, Any]:
             "connection open; a failure after the first event is an `event: error` whose "
             "data is the Error schema. The stream ends when the order is final."
         ),
-        "content": {"text/event-stream": {"schema": {"type": "string"}, "x-event-data": envelope}},
+        "content": {"text/event-stream": {"schema": _SSE_EVENT, "x-event-data": envelope}},
     }
+
+
+#: One Server-Sent Event, as OpenAPI before 3.2 has a text/event-stream schema
+#: describe each event: its fields, `data` holding the JSON text.
+_SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "event": {"type": "string", "description": "absent or `message`; `error` for a failure"},
+        "data": {"type": "string", "description": "the JSON envelope (x-event-data)"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
 
 
 def _success_schema(route: Route, schemas: dict[str, Any]) -> dict[str, Any]:

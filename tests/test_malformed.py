@@ -3,6 +3,8 @@ body, and nothing written. (Broken JSON itself is in test_gateway.py.)"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import pytest
 from instantorders.v2 import orders_pb2
@@ -105,3 +107,32 @@ async def test_missing_and_duplicated_auth_metadata_are_unauthenticated_over_grp
         ), name
         assert error_reason(refused.value) in ("UNAUTHENTICATED", "INVALID_REQUEST"), name
     assert snapshot(database) == before
+
+
+@pytest.mark.parametrize("payload", [b"\xff\xff\xff", b"\x1a\x05ab", b"\x0a\xff\xff\xff\xff\x0f"])
+@pytest.mark.parametrize("rpc", [ORDER, "WatchOrder"])
+async def test_bytes_that_are_no_message_are_invalid_argument_not_unknown(
+    channel, accounts, database, rpc, payload
+):
+    before = snapshot(database)
+    metadata = [(k.lower(), v) for k, v in accounts["acme"].headers().items()]
+    route = ROUTES[rpc]
+    if route.server_streaming:
+        call: Any = channel.unary_stream(route.rpc_path)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            async for _ in call(payload, metadata=metadata, timeout=10):
+                pass
+    else:
+        call = channel.unary_unary(route.rpc_path)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call(payload, metadata=metadata, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_reason(refused.value) == "INVALID_REQUEST"
+    assert "DecodeError" not in (refused.value.details() or "")
+    assert snapshot(database) == before
+
+
+@pytest.mark.parametrize("fields", [{"limit": -1}, {"limit": 2**31 - 1}, {"page": -5}])
+async def test_out_of_range_numbers_are_invalid_request(api, accounts, fields):
+    reply = await api.call("ListOrders", fields, accounts["acme"])
+    assert not reply.ok and reply.error["error"] == "INVALID_REQUEST", reply.error

@@ -17,10 +17,11 @@ from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from server.domain.errors import ApiError, Reason
+from server.domain.errors import ApiError, Reason, invalid_request
 from server.domain.limits import Budget
 from server.domain.models import Caller
 from server.logs import REQUEST_ID
@@ -75,7 +76,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             return handler
         values = _values(handler_call_details.invocation_metadata, "x-request-id")
         request_id = values[0] if len(values) == 1 and _is_request_id(values[0]) else None
-        return _wrap(handler, functools.partial(_Guarded, request_id or str(uuid.uuid4())))
+        guard = functools.partial(_Guarded, request_id or str(uuid.uuid4()))
+        return _wrap(_refusing_undecodable(handler), guard)
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
@@ -164,6 +166,45 @@ class _Guarded:
         elif isinstance(error, Exception) and not isinstance(error, grpc.aio.AbortError):
             log.error("unexpected failure", exc_info=error)
             await self._context.abort_with_status(to_rpc_status(ApiError(Reason.INTERNAL)))
+
+
+class _Undecodable:
+    """Stands for a request whose bytes are not a valid message."""
+
+
+_UNDECODABLE = _Undecodable()
+
+
+def _refusing_undecodable(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """Answers a request that does not parse with INVALID_ARGUMENT (INVALID_REQUEST).
+    Left to grpc, a parse failure is UNKNOWN with the exception's text in it."""
+    parse = handler.request_deserializer
+    if parse is None:
+        return handler
+
+    def tolerant_parse(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError:
+            return _UNDECODABLE
+
+    def refused(behavior: Callable[..., Any]) -> Callable[..., Any]:
+        def checked(request: Any, context: Context) -> Any:
+            if request is _UNDECODABLE:
+                raise invalid_request("The request is not a valid protobuf message.")
+            return behavior(request, context)
+
+        return checked
+
+    if handler.unary_unary is not None:
+        return handler._replace(
+            request_deserializer=tolerant_parse, unary_unary=refused(handler.unary_unary)
+        )
+    if handler.unary_stream is not None:
+        return handler._replace(
+            request_deserializer=tolerant_parse, unary_stream=refused(handler.unary_stream)
+        )
+    return handler
 
 
 def _wrap(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMethodHandler:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from server.domain.ports import Store
+from server.domain import admin
+from server.domain.money import Money
+from server.domain.ports import NewCode, Store
+from server.domain.service import InstantOrdersService, utc_now
 from server.keys import CodeCipher, load_or_create
 from server.store.backends import open_store as open_backend
 from tests.databases import key_file, one, query
@@ -127,3 +133,24 @@ def stored_codes(database: str) -> list[tuple[str | None, str, str | None]]:
 def sold_codes(database: str) -> dict[str, str]:
     """transaction id -> the redeem code it got."""
     return {tx: code for tx, code, _ in stored_codes(database) if tx is not None}
+
+
+async def acme_signed_in(
+    database: str, top_up: Money | None = None, codes: Sequence[NewCode] = ()
+) -> tuple[int, dict[str, str]]:
+    """Loads the tests' dataset, then tops acme up and stocks `codes` if given;
+    returns acme's account id and bearer headers (for a server on this database)."""
+    from tests.conftest import DATASET  # conftest imports this module
+
+    store = await open_store(database)
+    try:
+        (acme, _) = await admin.load_dataset(store, copy.deepcopy(DATASET), utc_now())
+        if top_up is not None:
+            await store.top_up(acme.account_id, top_up, utc_now())
+        await store.add_codes(codes, utc_now())
+        tokens = InstantOrdersService(store, signing_key(database), timedelta(hours=1))
+        token = await tokens.issue_token("client_credentials", acme.api_key, acme.api_secret)
+    finally:
+        await store.close()
+    headers = {"x-api-key": acme.api_key, "Authorization": f"Bearer {token.access_token}"}
+    return acme.account_id, headers

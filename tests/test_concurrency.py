@@ -5,28 +5,24 @@ orders, nothing is created or destroyed."""
 from __future__ import annotations
 
 import asyncio
-import copy
 import random
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import aiohttp
 import pytest
 
-from server.domain import admin
 from server.domain.money import Money
 from server.domain.ports import NewCode
-from server.domain.service import InstantOrdersService, utc_now
-from tests.conftest import DATASET
+from server.domain.service import utc_now
 from tests.databases import one, query
 from tests.helpers import (
+    acme_signed_in,
     assert_fulfillment_consistent,
     database_args,
     open_store,
-    signing_key,
 )
 from tests.processes import log_of, start_service, stop
 
@@ -51,19 +47,12 @@ class Service:
 @pytest.fixture
 async def service(database: str) -> AsyncIterator[Service]:
     """A real server process on the dataset; acme's headers. Its log must stay clean."""
-    store = await open_store(database)
-    try:
-        (acme, _) = await admin.load_dataset(store, copy.deepcopy(DATASET), utc_now())
-        tokens = InstantOrdersService(store, signing_key(database), timedelta(hours=1))
-        token = await tokens.issue_token("client_credentials", acme.api_key, acme.api_secret)
-    finally:
-        await store.close()
+    account_id, headers = await acme_signed_in(database)
     process, url = await start_service(database_args(database))
-    headers = {"x-api-key": acme.api_key, "Authorization": f"Bearer {token.access_token}"}
     try:
         connector = aiohttp.TCPConnector(limit=0)  # every order in flight at once
         async with aiohttp.ClientSession(connector=connector) as session:
-            yield Service(url, headers, acme.account_id, session)
+            yield Service(url, headers, account_id, session)
     finally:
         assert stop(process) == 0
     assert "Traceback" not in log_of(process)

@@ -5,23 +5,22 @@ same data, money and codes stay consistent, and waiting orders still complete.""
 from __future__ import annotations
 
 import asyncio
-import copy
 import random
 import signal
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 import aiohttp
 
-from server.domain import admin
 from server.domain.money import Money
 from server.domain.ports import NewCode
-from server.domain.service import InstantOrdersService, utc_now
 from server.store.backends import is_postgres
-from tests.conftest import DATASET
 from tests.databases import query
-from tests.helpers import assert_fulfillment_consistent, database_args, open_store, signing_key
+from tests.helpers import (
+    acme_signed_in,
+    assert_fulfillment_consistent,
+    database_args,
+)
 from tests.processes import eventually, log_of, run_cli, start_service, stop
 
 SKU, PRICE = "JPY-NT-1000", 950
@@ -55,16 +54,11 @@ class Load:
 
 
 async def prepare(database: str) -> dict[str, str]:
-    store = await open_store(database)
-    try:
-        (acme, _) = await admin.load_dataset(store, copy.deepcopy(DATASET), utc_now())
-        await store.top_up(acme.account_id, Money.parse(str(10**6 * PRICE), "JPY"), utc_now())
-        await store.add_codes([NewCode(SKU, f"FIRST-{n}", None) for n in range(300)], utc_now())
-        tokens = InstantOrdersService(store, signing_key(database), timedelta(hours=1))
-        token = await tokens.issue_token("client_credentials", acme.api_key, acme.api_secret)
-    finally:
-        await store.close()
-    return {"x-api-key": acme.api_key, "Authorization": f"Bearer {token.access_token}"}
+    """acme with yen for a million orders and 300 codes in stock; its headers."""
+    funds = Money.parse(str(10**6 * PRICE), "JPY")
+    codes = [NewCode(SKU, f"FIRST-{n}", None) for n in range(300)]
+    _, headers = await acme_signed_in(database, funds, codes)
+    return headers
 
 
 async def test_ten_sigkills_under_load_lose_no_acknowledged_order(database, tmp_path):

@@ -4,16 +4,15 @@ checks every answer against the document. Zero failures."""
 
 from __future__ import annotations
 
-import copy
 import subprocess
 import sys
-from datetime import timedelta
 from pathlib import Path
 
-from server.domain import admin
-from server.domain.service import InstantOrdersService, utc_now
-from tests.conftest import DATASET
-from tests.helpers import assert_fulfillment_consistent, database_args, open_store, signing_key
+from tests.helpers import (
+    acme_signed_in,
+    assert_fulfillment_consistent,
+    database_args,
+)
 from tests.processes import log_of, start_service, stop
 
 CHECKS = (
@@ -24,13 +23,7 @@ SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
 
 
 async def test_schemathesis_finds_nothing(database, tmp_path):
-    store = await open_store(database)
-    try:
-        (acme, _) = await admin.load_dataset(store, copy.deepcopy(DATASET), utc_now())
-        tokens = InstantOrdersService(store, signing_key(database), timedelta(hours=1))
-        token = await tokens.issue_token("client_credentials", acme.api_key, acme.api_secret)
-    finally:
-        await store.close()
+    _, headers = await acme_signed_in(database)
     process, url = await start_service(database_args(database))
     try:
         # The stateful phase (links between operations) is left out: it takes
@@ -38,8 +31,7 @@ async def test_schemathesis_finds_nothing(database, tmp_path):
         fuzzing = subprocess.run(
             [SCHEMATHESIS, "run", f"{url}/openapi.json", "--checks", CHECKS,
              "--phases", "examples,coverage,fuzzing", "--max-examples", "40", "--seed", "1",
-             "--header", f"x-api-key: {acme.api_key}",
-             "--header", f"Authorization: Bearer {token.access_token}", "--no-color"],
+             *(f"--header={name}: {value}" for name, value in headers.items()), "--no-color"],
             cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
         )  # fmt: skip
     finally:

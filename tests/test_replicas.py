@@ -13,24 +13,23 @@ exactly once, whichever replica answered.
 from __future__ import annotations
 
 import asyncio
-import copy
 import signal
 import subprocess
 from collections import Counter
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import aiohttp
 import pytest
 
-from server.domain import admin
 from server.domain.money import Money
 from server.domain.ports import NewCode
-from server.domain.service import InstantOrdersService, utc_now
-from tests.conftest import DATASET
 from tests.databases import one, query
-from tests.helpers import assert_fulfillment_consistent, database_args, open_store, signing_key
+from tests.helpers import (
+    acme_signed_in,
+    assert_fulfillment_consistent,
+    database_args,
+)
 from tests.processes import eventually, healthy, log_of, run_cli, start, stop, unused_port
 
 pytestmark = pytest.mark.postgres_only
@@ -64,18 +63,10 @@ async def start_replica(database: str) -> Replica:
 
 async def prepare(database: str) -> dict[str, str]:
     """acme with JPY for exactly FUNDED_FOR orders and IN_STOCK codes; its headers."""
-    store = await open_store(database)
-    try:
-        (acme, _) = await admin.load_dataset(store, copy.deepcopy(DATASET), utc_now())
-        funds = Money.parse(str(FUNDED_FOR * PRICE_JPY), "JPY")
-        await store.top_up(acme.account_id, funds, utc_now())
-        codes = [NewCode(SKU, f"NIN-{n:04}", None) for n in range(IN_STOCK)]
-        await store.add_codes(codes, utc_now())
-        service = InstantOrdersService(store, signing_key(database), timedelta(hours=1))
-        token = await service.issue_token("client_credentials", acme.api_key, acme.api_secret)
-    finally:
-        await store.close()
-    return {"x-api-key": acme.api_key, "Authorization": f"Bearer {token.access_token}"}
+    funds = Money.parse(str(FUNDED_FOR * PRICE_JPY), "JPY")
+    codes = [NewCode(SKU, f"NIN-{n:04}", None) for n in range(IN_STOCK)]
+    _, headers = await acme_signed_in(database, funds, codes)
+    return headers
 
 
 class Client:

@@ -41,6 +41,14 @@ def snapshot(database: str) -> dict[str, Any]:
     }
 
 
+def order_statuses(database: str, sku: str | None = None) -> dict[str, int]:
+    """How many orders (of `sku`, or of all) are in each status."""
+    if sku is None:
+        return dict(query(database, "SELECT status, count(*) FROM orders GROUP BY 1"))
+    rows = query(database, "SELECT status, count(*) FROM orders WHERE sku = ? GROUP BY 1", (sku,))
+    return dict(rows)
+
+
 def balance(database: str, account_id: int, currency: str) -> Decimal:
     minor = one(
         database,

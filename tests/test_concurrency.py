@@ -23,6 +23,7 @@ from tests.helpers import (
     assert_fulfillment_consistent,
     database_args,
     open_store,
+    order_statuses,
 )
 from tests.processes import log_of, start_service, stop
 
@@ -71,11 +72,6 @@ async def stock_and_fund(database: str, account_id: int, codes: dict[str, int], 
         await store.close()
 
 
-def statuses(database: str, sku: str) -> dict[str, int]:
-    rows = query(database, "SELECT status, count(*) FROM orders WHERE sku = ? GROUP BY 1", (sku,))
-    return dict(rows)
-
-
 def outcome(answer: tuple[int, dict[str, Any]]) -> str:
     status, body = answer
     return body["data"]["status"] if status == 200 else f"{status} {body['error']}"
@@ -90,7 +86,7 @@ async def test_200_orders_for_50_codes_and_funds_for_120(service, database):
 
     outcomes = Counter(outcome(answer) for answer in answers)
     assert outcomes == {"COMPLETED": 50, "PROCESSING": 70, "422 INSUFFICIENT_BALANCE": 80}
-    assert statuses(database, YEN_SKU) == {"COMPLETED": 50, "PROCESSING": 70}
+    assert order_statuses(database, YEN_SKU) == {"COMPLETED": 50, "PROCESSING": 70}
     assert one(database, "SELECT amount_minor FROM balances WHERE currency = 'JPY'") == 0
     assert_fulfillment_consistent(database)
 
@@ -116,8 +112,8 @@ async def test_two_skus_in_two_currencies_one_converted_interleaved(service, dat
         YEN_SKU: {"COMPLETED": 25, "PROCESSING": 35, "422 INSUFFICIENT_BALANCE": 40},
         EURO_SKU: {"COMPLETED": 15, "PROCESSING": 25, "422 INSUFFICIENT_BALANCE": 60},
     }
-    assert statuses(database, YEN_SKU) == {"COMPLETED": 25, "PROCESSING": 35}
-    assert statuses(database, EURO_SKU) == {"COMPLETED": 15, "PROCESSING": 25}
+    assert order_statuses(database, YEN_SKU) == {"COMPLETED": 25, "PROCESSING": 35}
+    assert order_statuses(database, EURO_SKU) == {"COMPLETED": 15, "PROCESSING": 25}
     converted = [body["data"] for status, body in answers if status == 200
                  and body["data"]["payWithCurrency"] == "USD"]  # fmt: skip
     assert {order["grandTotal"]["amount"] for order in converted} == {EURO_PRICE_IN_USD}

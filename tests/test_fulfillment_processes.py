@@ -26,6 +26,7 @@ from tests.helpers import (
     assert_fulfillment_consistent,
     database_args,
     open_store,
+    order_statuses,
     signing_key,
     sold_codes,
 )
@@ -78,10 +79,6 @@ def codes_file(tmp_path: Path, count: int, first: int = 0) -> str:
     return str(path)
 
 
-def statuses(database: str) -> dict[str, int]:
-    return dict(query(database, "SELECT status, count(*) FROM orders GROUP BY 1"))
-
-
 async def test_codes_added_by_another_process_complete_waiting_orders_within_a_second(
     tmp_path, database
 ):
@@ -106,7 +103,7 @@ async def test_codes_added_by_another_process_complete_waiting_orders_within_a_s
             assert added.returncode == 0, added.stderr
 
             async def three_completed() -> bool:
-                return statuses(prepared.database).get("COMPLETED") == 3
+                return order_statuses(prepared.database).get("COMPLETED") == 3
 
             await eventually(three_completed, timeout=1.0)
             name, pushed = await asyncio.wait_for(next_event(events), timeout=5)
@@ -121,7 +118,7 @@ async def test_codes_added_by_another_process_complete_waiting_orders_within_a_s
             assert loaded.returncode == 0, loaded.stderr
 
             async def all_completed() -> bool:
-                return statuses(prepared.database) == {"COMPLETED": 5}
+                return order_statuses(prepared.database) == {"COMPLETED": 5}
 
             await eventually(all_completed, timeout=1.0)
     finally:
@@ -152,7 +149,7 @@ async def test_sigkill_during_fulfillment_then_restart_keeps_every_invariant(tmp
     for round_number in range(4):  # each round: restock 250, kill the server mid-way
         process = await start_server()
         try:
-            before = statuses(prepared.database).get("COMPLETED", 0)
+            before = order_statuses(prepared.database).get("COMPLETED", 0)
             added = await asyncio.to_thread(
                 run_cli, "admin", *database_args(prepared.database),
                 "add-codes", "--sku", SKU, "--file", codes_file(tmp_path, 250, 250 * round_number),
@@ -160,14 +157,14 @@ async def test_sigkill_during_fulfillment_then_restart_keeps_every_invariant(tmp
             assert added.returncode == 0, added.stderr
 
             async def completing(before: int = before) -> bool:
-                return statuses(prepared.database).get("COMPLETED", 0) > before
+                return order_statuses(prepared.database).get("COMPLETED", 0) > before
 
             await eventually(completing, timeout=10)
             await asyncio.sleep(rng.uniform(0, 0.1))  # a random moment of the burst
         finally:
             process.send_signal(signal.SIGKILL)
             process.wait(10)
-        kills.append(statuses(prepared.database)["COMPLETED"] - before)
+        kills.append(order_statuses(prepared.database)["COMPLETED"] - before)
         assert_fulfillment_consistent(prepared.database)
 
     assert any(0 < sold < 250 for sold in kills), f"no kill landed mid-burst: {kills}"
@@ -175,7 +172,7 @@ async def test_sigkill_during_fulfillment_then_restart_keeps_every_invariant(tmp
     try:
 
         async def all_settled() -> bool:
-            return statuses(prepared.database) == {
+            return order_statuses(prepared.database) == {
                 "COMPLETED": 1000, "PROCESSING": 200, "CANCELLED": 200,
             }  # fmt: skip
 
@@ -197,7 +194,7 @@ async def test_worker_alone_cancels_overdue_orders_and_stops_on_sigterm(database
     try:
 
         async def overdue_cancelled() -> bool:
-            return statuses(prepared.database) == {"CANCELLED": 3, "PROCESSING": 2}
+            return order_statuses(prepared.database) == {"CANCELLED": 3, "PROCESSING": 2}
 
         await eventually(overdue_cancelled)
         worker.send_signal(signal.SIGTERM)

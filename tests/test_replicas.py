@@ -29,6 +29,7 @@ from tests.helpers import (
     acme_signed_in,
     assert_fulfillment_consistent,
     database_args,
+    order_statuses,
 )
 from tests.processes import eventually, healthy, log_of, run_cli, start, stop, unused_port
 
@@ -131,7 +132,7 @@ async def test_two_replicas_keep_every_guarantee_when_one_is_killed(database, ru
         assert added.returncode == 0, added.stderr
 
         async def all_completed() -> bool:
-            return _statuses(database) == {"COMPLETED": FUNDED_FOR + 1}
+            return order_statuses(database) == {"COMPLETED": FUNDED_FOR + 1}
 
         await eventually(all_completed, timeout=10)
     finally:
@@ -189,7 +190,10 @@ def _check_money_and_stock(client: Client, database: str) -> dict[str, tuple[int
     assert len(refused) == ORDERS - FUNDED_FOR
     assert all(answer["error"] == "INSUFFICIENT_BALANCE" for answer in refused)
     assert one(database, "SELECT count(*) FROM orders WHERE sku = ?", (SKU,)) == FUNDED_FOR
-    assert _statuses(database, SKU) == {"COMPLETED": IN_STOCK, "PROCESSING": FUNDED_FOR - IN_STOCK}
+    assert order_statuses(database, SKU) == {
+        "COMPLETED": IN_STOCK,
+        "PROCESSING": FUNDED_FOR - IN_STOCK,
+    }
     jpy = query(database, "SELECT amount_minor FROM balances WHERE currency = 'JPY'")
     assert jpy == [(0,)]
     return {
@@ -209,10 +213,3 @@ def _check_nothing_acknowledged_was_lost(
         assert transaction_id in stored, "an acknowledged order is missing"
         if status == "COMPLETED":
             assert stored[transaction_id] == "COMPLETED"
-
-
-def _statuses(database: str, sku: str | None = None) -> dict[str, int]:
-    if sku is None:
-        return dict(query(database, "SELECT status, count(*) FROM orders GROUP BY 1"))
-    rows = query(database, "SELECT status, count(*) FROM orders WHERE sku = ? GROUP BY 1", (sku,))
-    return dict(rows)

@@ -217,6 +217,10 @@ class PostgresStore:
         """Runs `work`, whose statements need no common snapshot, without a transaction."""
         return await self._run(work, transaction=False)
 
+    async def _row(self, sql: str, *args: Any) -> Any:
+        """The one row a query returns, or None."""
+        return await self._read(lambda db: db.fetchrow(sql, *args))
+
     async def _first_column(self, sql: str, *args: Any) -> list[Any]:
         """The first column of the rows of one query."""
 
@@ -288,15 +292,12 @@ class PostgresStore:
         return placed_order(request, transaction_id, plan, placed["stock_id"], status, at, opened)
 
     async def get_order(self, account_id: int, transaction_id: str) -> Order | None:
-        async def work(db: Connection) -> Order | None:
-            row = await db.fetchrow(
-                f"SELECT {ORDER_COLUMNS} WHERE o.transaction_id = $1 AND o.account_id = $2",
-                transaction_id,
-                account_id,
-            )
-            return None if row is None else order_from_row(row, self._cipher)
-
-        return await self._read(work)
+        row = await self._row(
+            f"SELECT {ORDER_COLUMNS} WHERE o.transaction_id = $1 AND o.account_id = $2",
+            transaction_id,
+            account_id,
+        )
+        return None if row is None else order_from_row(row, self._cipher)
 
     # --- fulfillment ----------------------------------------------------------------
 
@@ -453,27 +454,21 @@ class PostgresStore:
         return await self._first_column("SELECT DISTINCT currency FROM products ORDER BY currency")
 
     async def credentials(self, api_key: str) -> ApiCredentials | None:
-        async def work(db: Connection) -> ApiCredentials | None:
-            row = await db.fetchrow(
-                "SELECT api_key, account_id, secret_hash, disabled_at_us IS NULL FROM api_keys"
-                " WHERE api_key = $1",
-                api_key,
-            )
-            return None if row is None else ApiCredentials(row[0], row[1], row[2], row[3])
-
-        return await self._read(work)
+        row = await self._row(
+            "SELECT api_key, account_id, secret_hash, disabled_at_us IS NULL FROM api_keys"
+            " WHERE api_key = $1",
+            api_key,
+        )
+        return None if row is None else ApiCredentials(*row)
 
     async def api_key_active(self, api_key: str, account_id: int) -> bool:
-        async def work(db: Connection) -> bool:
-            row = await db.fetchrow(
-                "SELECT 1 FROM api_keys WHERE api_key = $1 AND account_id = $2"
-                " AND disabled_at_us IS NULL",
-                api_key,
-                account_id,
-            )
-            return row is not None
-
-        return await self._read(work)
+        row = await self._row(
+            "SELECT 1 FROM api_keys WHERE api_key = $1 AND account_id = $2"
+            " AND disabled_at_us IS NULL",
+            api_key,
+            account_id,
+        )
+        return row is not None
 
     # --- audit ----------------------------------------------------------------------
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway import errors, streams, transcode
@@ -28,6 +28,8 @@ from gateway.responses import (
     json_response,
 )
 from gateway.routes import Route, load_routes
+from server.domain.errors import ApiError, Reason
+from server.domain.requests import request_id_from
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -139,10 +141,7 @@ def _health_handler(channel: grpc.aio.Channel) -> Handler:
 
 @web.middleware
 async def _request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    given: list[str] = request.headers.getall(REQUEST_ID_HEADER, [])
-    request[REQUEST_ID] = (
-        given[0] if len(given) == 1 and _is_request_id(given[0]) else str(uuid.uuid4())
-    )
+    request[REQUEST_ID] = request_id_from(request.headers.getall(REQUEST_ID_HEADER, []))
     return await handler(request)
 
 
@@ -152,25 +151,36 @@ async def _echo_request_id(request: web.Request, response: web.StreamResponse) -
         response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
 
 
-def _is_request_id(value: str) -> bool:
-    """A client's own request id is kept when it is short printable ASCII."""
-    return 0 < len(value) <= 128 and value.isascii() and value.isprintable()
-
-
 @web.middleware
 async def _error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except errors.GatewayError as error:
-        return error_response(request, error.reply)
+    except ApiError as error:
+        return error_response(request, errors.reply_for_api_error(error))
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        return error_response(request, errors.GatewayError(error.status, error.reason).reply)
+        refused = errors.refusal(error.status, error.reason)
+        return error_response(request, errors.reply_for_api_error(refused))
     except Exception:
         log.exception("gateway failure, requestId %s", request[REQUEST_ID])
-        reply = errors.ErrorReply(500, "INTERNAL", errors.INTERNAL_MESSAGE)
-        return error_response(request, reply)
+        internal = errors.reply_for_api_error(ApiError(Reason.INTERNAL))
+        return error_response(request, internal)
+
+
+class MalformedHttpFilter(logging.Filter):
+    """aiohttp logs a request its parser refuses (a NUL in a header, a line too
+    long) as an ERROR with a stack trace. It is the client's mistake, answered
+    with a 400: one INFO line without the trace, so that nobody can fill the
+    logs with tracebacks by sending garbage."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = "refused malformed HTTP: %s", (error.message,)
+            record.exc_info = record.exc_text = None
+        return True
 
 
 #: Limits of aiohttp's HTTP parser, which answers a plain-text 400 before the
@@ -182,6 +192,9 @@ HTTP_LIMITS: dict[str, Any] = {"max_line_size": 16 * 1024, "max_field_size": 819
 
 async def start_gateway(settings: GatewaySettings) -> tuple[web.AppRunner, int, grpc.aio.Channel]:
     """Serves on settings.http_listen (port 0 picks one); returns the runner, port and channel."""
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedHttpFilter) for f in server_log.filters):
+        server_log.addFilter(MalformedHttpFilter())
     channel = grpc.aio.insecure_channel(settings.upstream)
     runner = web.AppRunner(
         create_app(channel, settings),

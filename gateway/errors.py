@@ -1,15 +1,23 @@
-"""The one place where a gRPC outcome becomes an HTTP status and an error body.
+"""The one place where an error becomes an HTTP status and an error body.
 
-The status comes from the ErrorInfo reason where the API defines its own
-(422s), and otherwise from the gRPC code, as google/rpc/code.proto maps it.
+Every error takes the same path, whether a gRPC call failed or the gateway
+refused the request itself (no route, 405, 413, a body that is not JSON), as
+grpc-gateway's routing error handler does: a reason, a gRPC code, a message
+and metadata make the reply. The HTTP status is the one the error catalogue
+(server/domain/errors.py) declares for the reason; a failure without an
+ErrorInfo (the server unreachable, a deadline, a framework limit) gets the
+status of its gRPC code, as google/rpc/code.proto maps it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
+
+from server.domain.errors import ApiError, Reason
 
 HTTP_STATUS_BY_CODE = {
     grpc.StatusCode.OK: 200,
@@ -27,27 +35,24 @@ HTTP_STATUS_BY_CODE = {
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
-HTTP_STATUS_BY_REASON = {
-    "UNSUPPORTED_CURRENCY": 422,
-    "INSUFFICIENT_BALANCE": 422,
-    "INSTANT_DELIVERY_NOT_SUPPORTED": 422,
-}
-#: Messages for failures that carry no ErrorInfo (the server unreachable, a
-#: deadline, a framework limit): never the raw details, which may leak internals.
+#: Messages for failures that carry no ErrorInfo: never the raw details, which
+#: may leak internals.
 GENERIC_MESSAGES = {
     grpc.StatusCode.UNAVAILABLE: "The service is unavailable. Try again shortly.",
     grpc.StatusCode.DEADLINE_EXCEEDED: "The service did not answer in time. Try again.",
     grpc.StatusCode.RESOURCE_EXHAUSTED: "The request exceeds a limit of the service.",
     grpc.StatusCode.UNAUTHENTICATED: "Authentication is required.",
 }
-INTERNAL_MESSAGE = "Internal error. Quote the requestId when you report it."
-#: Reasons that the gateway answers itself, before any RPC.
-GATEWAY_REASONS = {
-    400: "INVALID_REQUEST",
-    404: "NOT_FOUND",
-    405: "METHOD_NOT_ALLOWED",
-    413: "PAYLOAD_TOO_LARGE",
-    415: "UNSUPPORTED_MEDIA_TYPE",
+#: The reasons of the gateway's own refusals, by the status aiohttp refuses with.
+_REFUSALS = {
+    reason.http_status: reason
+    for reason in (
+        Reason.INVALID_REQUEST,
+        Reason.NOT_FOUND,
+        Reason.METHOD_NOT_ALLOWED,
+        Reason.PAYLOAD_TOO_LARGE,
+        Reason.UNSUPPORTED_MEDIA_TYPE,
+    )
 }
 
 
@@ -56,7 +61,7 @@ class ErrorReply:
     status: int
     reason: str
     message: str
-    metadata: dict[str, str] = field(default_factory=dict)
+    metadata: Mapping[str, str] = field(default_factory=dict)
 
     def body(self, request_id: str) -> dict[str, str]:
         # Metadata first, so that it can never overwrite the fixed keys.
@@ -68,24 +73,33 @@ class ErrorReply:
         }
 
 
-class GatewayError(Exception):
-    """A request the gateway refuses itself (malformed, too large, unknown route)."""
-
-    def __init__(self, status: int, message: str, **metadata: str) -> None:
-        super().__init__(message)
-        self.reply = ErrorReply(
-            status, GATEWAY_REASONS.get(status, "INVALID_REQUEST"), message, metadata
-        )
+def reply(
+    reason: str, code: grpc.StatusCode, message: str, metadata: Mapping[str, str]
+) -> ErrorReply:
+    known = Reason.__members__.get(reason)
+    status = known.http_status if known else HTTP_STATUS_BY_CODE.get(code, 500)
+    return ErrorReply(status, reason, message, dict(metadata))
 
 
 def reply_for(error: grpc.aio.AioRpcError) -> ErrorReply:
+    """A failed gRPC call's reply."""
     code = error.code()
     info = _error_info(error)
     if info is None:
-        message = GENERIC_MESSAGES.get(code, INTERNAL_MESSAGE)
-        return ErrorReply(HTTP_STATUS_BY_CODE.get(code, 500), code.name, message)
-    status = HTTP_STATUS_BY_REASON.get(info.reason) or HTTP_STATUS_BY_CODE.get(code, 500)
-    return ErrorReply(status, info.reason, error.details() or "", dict(info.metadata))
+        message = GENERIC_MESSAGES.get(code, Reason.INTERNAL.value.template)
+        return reply(code.name, code, message, {})
+    return reply(info.reason, code, error.details() or "", info.metadata)
+
+
+def reply_for_api_error(error: ApiError) -> ErrorReply:
+    """The reply to an error raised in the gateway, as if a call had failed with it."""
+    code = grpc.StatusCode[error.reason.code.name]
+    return reply(error.reason.name, code, error.message, error.metadata)
+
+
+def refusal(status: int, message: str) -> ApiError:
+    """The gateway's own refusal of a request aiohttp answered `status` (404, 405, ...)."""
+    return ApiError(_REFUSALS.get(status, Reason.INVALID_REQUEST), detail=message)
 
 
 def _error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:

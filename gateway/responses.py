@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -49,7 +50,7 @@ def dumps(body: Any) -> bytes:
     return json.dumps(body, ensure_ascii=False).encode()
 
 
-def rate_limit_headers(metadata: dict[str, str]) -> dict[str, str]:
+def rate_limit_headers(metadata: Mapping[str, str]) -> dict[str, str]:
     """Retry-After, and the RateLimit headers of draft-ietf-httpapi-ratelimit-headers,
     from a RATE_LIMITED error's details."""
     retry_after = metadata.get("retryAfterSeconds", "1")

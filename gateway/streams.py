@@ -32,12 +32,13 @@ from gateway.responses import (
     error_response,
 )
 from gateway.routes import Route
+from server.domain.errors import ApiError, Reason
 
 #: The calls behind the open event streams, cancelled when the gateway stops.
 OPEN_STREAMS: web.AppKey[set[Any]] = web.AppKey("open_streams")
 HEARTBEAT = b": heartbeat\n\n"
-_STOPPING = errors.ErrorReply(
-    503, "UNAVAILABLE", "The gateway is stopping. Reconnect to continue watching."
+_STOPPING = errors.reply_for_api_error(
+    ApiError(Reason.UNAVAILABLE, detail="The gateway is stopping. Reconnect to continue watching.")
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -19,8 +19,8 @@ from google.protobuf.message import Message
 from instantorders.v2 import options_pb2
 from multidict import MultiMapping
 
-from gateway.errors import GatewayError
 from gateway.routes import Route
+from server.domain.errors import ApiError, Reason, invalid_request
 
 
 def request_message(
@@ -39,7 +39,7 @@ def request_message(
     try:
         json_format.ParseDict(fields, message, ignore_unknown_fields=False)
     except json_format.ParseError as error:
-        raise GatewayError(400, f"Invalid request: {_describe(error)}") from None
+        raise invalid_request(f"Invalid request: {_describe(error)}") from None
     return message
 
 
@@ -50,8 +50,8 @@ def _refuse_unknown_fields(route: Route, fields: Mapping[str, Any]) -> None:
     for key in fields:
         if key not in known:
             expected = ", ".join(f.json_name for f in descriptor.fields)
-            raise GatewayError(
-                400, f"Unknown field {key!r}; the fields are: {expected}.", field=str(key)[:64]
+            raise invalid_request(
+                f"Unknown field {key!r}; the fields are: {expected}.", str(key)[:64]
             )
 
 
@@ -62,9 +62,9 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     try:
         value = json.loads(raw, object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
-        raise GatewayError(400, "The body is not valid JSON.") from None
+        raise invalid_request("The body is not valid JSON.") from None
     if not isinstance(value, dict):
-        raise GatewayError(400, "The body must be a JSON object.")
+        raise invalid_request("The body must be a JSON object.")
     return value
 
 
@@ -74,7 +74,7 @@ def form_fields(form: MultiMapping[Any]) -> dict[str, str]:
     for key in form:
         values = form.getall(key)
         if len(values) != 1 or not isinstance(values[0], str):
-            raise GatewayError(400, f"Parameter {key!r} must be given once.")
+            raise invalid_request(f"Parameter {key!r} must be given once.")
         fields[key] = values[0]
     return fields
 
@@ -93,12 +93,14 @@ def _query_fields(route: Route, query: MultiMapping[str]) -> dict[str, Any]:
     for key in set(query.keys()):
         field = route.query_fields.get(key)
         if field is None:
-            raise GatewayError(400, f"Unknown query parameter {key!r}.", parameter=key)
+            raise ApiError(
+                Reason.INVALID_REQUEST, detail=f"Unknown query parameter {key!r}.", parameter=key
+            )
         values = query.getall(key)
         if field.is_repeated:
             fields[key] = [item for value in values for item in value.split(",") if item]
         elif len(values) > 1:
-            raise GatewayError(400, f"Query parameter {key!r} is given more than once.")
+            raise invalid_request(f"Query parameter {key!r} is given more than once.")
         else:
             fields[key] = values[0]
     return fields

@@ -19,8 +19,9 @@ from typing import Any
 
 from server import demo, logs
 from server.domain import admin
-from server.domain.ports import DataConflict, Store
-from server.domain.service import utc_now
+from server.domain.clock import EPOCH, utc_now
+from server.domain.failures import DataConflict
+from server.domain.ports import Store
 from server.keys import KeyFileError, add_code_key
 from server.runtime import open_store, serve, work
 from server.settings import ENVIRONMENT, Settings
@@ -164,7 +165,7 @@ def _admin_commands(commands: Any) -> None:
     audit = actions.add_parser("audit", help="print an account's audit trail as JSON lines")
     audit.add_argument("--account", type=int, required=True, help="account id")
     audit.add_argument(
-        "--since", type=_moment, default=_EPOCH, help="ISO 8601 time, e.g. 2026-11-27T10:00Z"
+        "--since", type=_moment, default=EPOCH, help="ISO 8601 time, e.g. 2026-11-27T10:00Z"
     )
     audit.set_defaults(
         run=lambda args, s: _admin(s, _audit(args.account, args.since), json_lines=True)
@@ -199,9 +200,6 @@ AdminAction = Callable[[Store], Awaitable[Any]]
 async def _schema_versions(store: Store) -> dict[str, int]:
     """Opening the store migrated it; say from which version to which."""
     return {"from": store.found_schema_version, "schemaVersion": store.schema_version}
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _admin(settings: Settings, action: AdminAction, *, json_lines: bool = False) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from server.domain.admin import CreatedAccount, load_dataset
-from server.domain.service import utc_now
+from server.domain.clock import utc_now
 from server.runtime import local_host, open_store, serve
 from server.settings import Settings
 

@@ -18,8 +18,6 @@ import re
 import sys
 from datetime import UTC, datetime
 
-from aiohttp.http_exceptions import HttpProcessingError
-
 #: The id of the request being served; "-" outside of one.
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -35,21 +33,6 @@ class _RequestIdFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = REQUEST_ID.get()
-        return True
-
-
-class _MalformedHttpFilter(logging.Filter):
-    """aiohttp logs a request its parser refuses (a NUL in a header, a line too
-    long) as an ERROR with a stack trace. It is the client's mistake, answered
-    with a 400: one INFO line without the trace, so that nobody can fill the
-    logs with tracebacks by sending garbage."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, HttpProcessingError):
-            record.levelno, record.levelname = logging.INFO, "INFO"
-            record.msg, record.args = "refused malformed HTTP: %s", (error.message,)
-            record.exc_info = record.exc_text = None
         return True
 
 
@@ -81,6 +64,5 @@ def configure(level: str) -> None:
     listener.start()
     atexit.register(listener.stop)  # flush what is queued before the process ends
     logging.basicConfig(level=level.upper(), handlers=[to_queue], force=True)
-    logging.getLogger("aiohttp.server").addFilter(_MalformedHttpFilter())
     # aiosqlite logs every statement at DEBUG: noise, and nothing an operator needs.
     logging.getLogger("aiosqlite").setLevel(max(logging.INFO, logging.getLogger().level))

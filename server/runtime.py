@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from gateway.app import GatewaySettings, start_gateway
+from server.domain.clock import utc_now
 from server.domain.fulfillment import Fulfiller, InventorySource
 from server.domain.ports import Store
-from server.domain.service import InstantOrdersService, utc_now
+from server.domain.service import InstantOrdersService
 from server.keys import CodeCipher, load_or_create
 from server.rpc.app import RunningServer, start_server
 from server.settings import Settings
@@ -97,7 +98,7 @@ async def open_store(settings: Settings) -> Store:
 
 
 def _fulfiller(
-    settings: Settings, store: Store, on_change: Callable[[list[int]], None] | None = None
+    settings: Settings, store: Store, on_change: Callable[[list[str]], None] | None = None
 ) -> Fulfiller:
     return Fulfiller(
         store,

@@ -7,7 +7,14 @@ from datetime import timedelta
 
 from server.domain.fulfillment import BATCH_SIZE
 from server.domain.limits import DEFAULT_LIMITS, Limits, Rate
-from server.store.backends import is_postgres
+
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgres(database: str) -> bool:
+    """Whether the database setting is a PostgreSQL URL (else: a SQLite file's path)."""
+    return database.startswith(_POSTGRES_SCHEMES)
+
 
 ENVIRONMENT = {
     "database": "INSTANT_ORDERS_DATABASE",

@@ -17,10 +17,11 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import HTTP_LIMITS, GatewaySettings, create_app
 from server.domain import admin
+from server.domain.clock import utc_now
 from server.domain.fulfillment import BATCH_SIZE, Fulfiller, InventorySource
 from server.domain.limits import DEFAULT_LIMITS, Limits
 from server.domain.ports import Store
-from server.domain.service import InstantOrdersService, utc_now
+from server.domain.service import InstantOrdersService
 from server.rpc.app import start_server
 from tests.api import Account, GrpcApi, RestApi
 from tests.databases import (

@@ -12,9 +12,8 @@ from typing import Any
 
 import psycopg
 
-from server.store import pg_schema
-from server.store import schema as sqlite_schema
-from server.store.backends import is_postgres
+from server.settings import is_postgres
+from server.store import schema
 
 POSTGRES_URL = os.environ.get("INSTANT_ORDERS_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test")
 _KEY_FILES: dict[str, str] = {}
@@ -74,7 +73,7 @@ def one(database: str, sql: str, params: tuple[Any, ...] = ()) -> Any:
 
 
 def latest_schema_version(database: str) -> int:
-    return pg_schema.SCHEMA_VERSION if is_postgres(database) else sqlite_schema.SCHEMA_VERSION
+    return schema.SCHEMA_VERSION
 
 
 def stored_schema_version(database: str) -> int:

@@ -9,9 +9,10 @@ from decimal import Decimal
 from typing import Any
 
 from server.domain import admin
+from server.domain.clock import utc_now
 from server.domain.money import Money
 from server.domain.ports import NewCode, Store
-from server.domain.service import InstantOrdersService, utc_now
+from server.domain.service import InstantOrdersService
 from server.keys import CodeCipher, load_or_create
 from server.store.backends import open_store as open_backend
 from tests.databases import key_file, one, query

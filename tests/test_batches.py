@@ -56,21 +56,30 @@ async def test_concurrent_orders_share_commits_and_a_refused_one_spoils_no_neigh
     assert_invariants(database)
 
 
+@pytest.fixture
+def notes(store, database) -> None:
+    """A table of the tests' own, for writes that stand for any."""
+    with sqlite3.connect(database) as db:
+        db.execute("CREATE TABLE notes (note TEXT NOT NULL)")
+
+
 async def _batch_of(store, *works):
     """Runs the works as one batch: all queued before the batcher's task runs."""
-    return await asyncio.gather(*(store._write(work) for work in works), return_exceptions=True)
+    return await asyncio.gather(
+        *(store._writes.run(work) for work in works), return_exceptions=True
+    )
 
 
 def _note(text: str):
     def work(db: sqlite3.Connection) -> str:
-        db.execute("INSERT INTO meta (key, value) VALUES (?, 'x')", (text,))
+        db.execute("INSERT INTO notes (note) VALUES (?)", (text,))
         return text
 
     return work
 
 
 def _failing(db: sqlite3.Connection) -> None:
-    db.execute("INSERT INTO meta (key, value) VALUES ('failing', 'x')")
+    db.execute("INSERT INTO notes (note) VALUES ('failing')")
     raise ValueError("this write fails its checks")
 
 
@@ -80,24 +89,26 @@ def _losing_the_transaction(db: sqlite3.Connection) -> None:
     raise sqlite3.OperationalError("disk I/O error")
 
 
-def _meta_keys(database: str) -> set[str]:
+def _notes(database: str) -> set[str]:
     with sqlite3.connect(database) as db:
-        return {key for (key,) in db.execute("SELECT key FROM meta")}
+        return {note for (note,) in db.execute("SELECT note FROM notes")}
 
 
-async def test_a_failing_write_rolls_back_alone_and_its_batch_commits(store, database, commits):
+async def test_a_failing_write_rolls_back_alone_and_its_batch_commits(
+    store, database, commits, notes
+):
     first, failed, last = await _batch_of(store, _note("first"), _failing, _note("last"))
 
     assert (first, last) == ("first", "last")
     assert isinstance(failed, ValueError)
     assert len(commits) == 1
-    assert {"first", "last"} <= _meta_keys(database)
-    assert "failing" not in _meta_keys(database)
+    assert {"first", "last"} <= _notes(database)
+    assert "failing" not in _notes(database)
 
 
-async def test_a_lost_transaction_fails_every_write_of_its_batch(store, database):
+async def test_a_lost_transaction_fails_every_write_of_its_batch(store, database, notes):
     outcomes = await _batch_of(store, _note("before"), _losing_the_transaction, _note("after"))
 
     assert all(isinstance(outcome, sqlite3.Error) for outcome in outcomes)
-    assert not {"before", "after"} & _meta_keys(database)
-    assert await store._write(_note("later")) == "later"  # the store carries on
+    assert not {"before", "after"} & _notes(database)
+    assert await store._writes.run(_note("later")) == "later"  # the store carries on

@@ -14,9 +14,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from server.domain.clock import utc_now
 from server.domain.money import Money
 from server.domain.ports import NewCode
-from server.domain.service import utc_now
 from tests.databases import one, query
 from tests.helpers import (
     acme_signed_in,

@@ -14,7 +14,7 @@ import aiohttp
 
 from server.domain.money import Money
 from server.domain.ports import NewCode
-from server.store.backends import is_postgres
+from server.settings import is_postgres
 from tests.databases import query
 from tests.helpers import (
     acme_signed_in,

@@ -6,10 +6,10 @@ import asyncio
 from datetime import timedelta
 from decimal import Decimal
 
+from server.domain.clock import utc_now
 from server.domain.models import AuditEvent, Caller, InstantOrderRequest, OrderStatus
 from server.domain.money import Money
 from server.domain.ports import NewCode, Store
-from server.domain.service import utc_now
 from tests.conftest import make_fulfiller
 from tests.databases import one, query
 from tests.helpers import assert_fulfillment_consistent, balance, open_store, sold_codes
@@ -183,7 +183,7 @@ async def test_an_order_cancelled_meanwhile_is_not_completed_from_a_stale_read(
     await restock(store, "PLAY-0002")
 
     cancelled = await store.cancel_overdue(utc_now() + timedelta(seconds=1), utc_now(), 10)
-    assert cancelled == [stale[0].stock_id]
+    assert cancelled == [stale[0].transaction_id]
     assert await store.complete_from_stock(stale, utc_now()) == []
 
     assert await code_of(api, acme, waiting) is None

@@ -16,10 +16,11 @@ import aiohttp
 import grpc
 
 from server.domain import admin
+from server.domain.clock import utc_now
 from server.domain.models import Caller, InstantOrderRequest, OrderStatus
 from server.domain.money import Money
-from server.domain.service import InstantOrdersService, utc_now
-from server.store.backends import is_postgres
+from server.domain.service import InstantOrdersService
+from server.settings import is_postgres
 from tests.conftest import DATASET
 from tests.databases import query
 from tests.helpers import (

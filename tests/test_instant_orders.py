@@ -215,8 +215,8 @@ async def test_concurrent_duplicates_yield_one_order(api, accounts, database):
 
 
 async def test_orders_in_yen_use_whole_units(api, store, accounts, database):
+    from server.domain.clock import utc_now
     from server.domain.money import Money
-    from server.domain.service import utc_now
 
     acme: Account = accounts["acme"]
     await store.top_up(acme.account_id, Money(Decimal(5000), "JPY"), utc_now())

@@ -17,11 +17,12 @@ from datetime import timedelta
 import psycopg
 import pytest
 
+from server.domain.clock import utc_now
 from server.domain.fulfillment import Fulfiller, InventorySource
 from server.domain.models import Caller, InstantOrderRequest
 from server.domain.money import Money
 from server.domain.ports import NewCode
-from server.domain.service import InstantOrdersService, utc_now
+from server.domain.service import InstantOrdersService
 from server.keys import CodeCipher
 from server.store.postgres import PoolSettings, PostgresStore
 from tests.api import Account

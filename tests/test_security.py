@@ -14,10 +14,11 @@ import psycopg
 import pytest
 from cryptography.exceptions import InvalidTag
 
+from server.domain.clock import utc_now
 from server.domain.ports import NewCode
-from server.domain.service import utc_now
 from server.keys import CodeCipher
-from server.store.schema import MIGRATIONS
+from server.store.schema import compiled_step
+from server.store.sql import Dialect
 from tests.api import ROUTES, error_reason
 from tests.databases import key_file, query
 from tests.helpers import database_args, open_store, stored_codes
@@ -163,8 +164,8 @@ async def test_a_schema_2_database_has_its_codes_sealed_on_open(tmp_path):
     the clear text does not linger in the file's free pages."""
     database = str(tmp_path / "old.db")
     with sqlite3.connect(database) as db:
-        for step in MIGRATIONS[:2]:
-            db.executescript(step)
+        for version in (1, 2):
+            db.executescript(compiled_step(version, Dialect.SQLITE))
         db.execute("INSERT INTO products VALUES ('SKU-1', 'n', 'b', 'USD', 100, 100, 1, '{}')")
         db.execute(
             "INSERT INTO codes (sku, redeem_code, pin_code, added_at_us) VALUES ('SKU-1', ?, ?, 0)",

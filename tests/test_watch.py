@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, cast
 
 import aiohttp
 import grpc
@@ -13,11 +15,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from instantorders.v2 import orders_pb2, orders_pb2_grpc
 
 from gateway.app import GatewaySettings, create_app, start_gateway
-from server.domain.ports import NewCode
-from server.domain.service import utc_now
+from server.domain.clock import utc_now
+from server.domain.models import Order
+from server.domain.ports import NewCode, Store
+from server.domain.service import InstantOrdersService
 from server.store.sqlite import SqliteStore
 from tests.conftest import make_fulfiller
-from tests.helpers import open_store
+from tests.helpers import open_store, signing_key
 from tests.processes import eventually
 
 SKU = "TTR-WI-YWN"  # one code in stock
@@ -229,6 +233,49 @@ async def test_a_change_made_by_another_process_reaches_the_watcher(
         assert (name, order["data"]["status"]) == ("message", "COMPLETED")
     finally:
         poller.cancel()
+
+
+class CompletingAfterRead:
+    """The store, except that the first read of an order is followed, before its
+    answer arrives, by the order's completion in this process: a change that
+    falls between a watcher's first read and the start of its watch."""
+
+    def __init__(self, store: Store, complete: Callable[[], Awaitable[object]]) -> None:
+        self._store = store
+        self._complete = complete
+        self._completed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def get_order(self, account_id: int, transaction_id: str) -> Order | None:
+        order = await self._store.get_order(account_id, transaction_id)
+        if not self._completed:
+            self._completed = True
+            await self._complete()
+        return order
+
+
+async def test_a_change_right_after_the_first_read_reaches_the_watcher_at_once(
+    http, accounts, store, database
+):
+    """No poller runs: only the fulfiller's notice can wake the watcher, so the watch
+    must have started before the order was first read."""
+    acme = accounts["acme"]
+    transaction_id = await waiting_order(http, acme)
+
+    async def complete() -> None:
+        await restock(store)
+        assert await make_fulfiller(store, service).run_once() == 1
+
+    wrapped = cast(Store, CompletingAfterRead(store, complete))
+    service = InstantOrdersService(wrapped, signing_key(database), timedelta(hours=1))
+    caller = await service.authenticate(acme.api_key, f"Bearer {acme.token}", "")
+
+    async def statuses() -> list[str]:
+        return [order.status.value async for order in service.watch_order(caller, transaction_id)]
+
+    assert await asyncio.wait_for(statuses(), timeout=5) == ["PROCESSING", "COMPLETED"]
 
 
 async def test_a_stopping_server_ends_watches_with_unavailable(http, channel, accounts, service):

@@ -1,10 +1,12 @@
 """The error catalogue: every error the API can answer, transport-neutral.
 
-Each reason carries a canonical code, named as in google/rpc/code.proto, and a
-message template. The gRPC layer turns an ApiError into a google.rpc.Status
-with one ErrorInfo (reason, metadata); the gateway derives the HTTP status and
-JSON body from that. The reasons spelt in lower case are RFC 6749 section 5.2
-error codes of the token endpoint, which OAuth clients expect verbatim.
+Each reason carries a canonical code, named as in google/rpc/code.proto, the
+HTTP status the REST gateway answers it with, and a message template: the one
+table of both. The gRPC layer turns an ApiError into a google.rpc.Status with
+one ErrorInfo (reason, metadata); the gateway reads the HTTP status of that
+reason here, and answers its own refusals (no route, 405, 413, bad JSON) from
+the same table. The reasons spelt in lower case are RFC 6749 section 5.2 error
+codes of the token endpoint, which OAuth clients expect verbatim.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass
+
+from server.domain.failures import StorageUnavailable
 
 
 class Code(enum.Enum):
@@ -22,6 +26,7 @@ class Code(enum.Enum):
     ALREADY_EXISTS = 6
     RESOURCE_EXHAUSTED = 8
     FAILED_PRECONDITION = 9
+    UNIMPLEMENTED = 12
     INTERNAL = 13
     UNAVAILABLE = 14
     UNAUTHENTICATED = 16
@@ -30,6 +35,7 @@ class Code(enum.Enum):
 @dataclass(frozen=True)
 class ErrorSpec:
     code: Code
+    http_status: int
     template: str
     #: An error of the OAuth 2.0 token endpoint (RFC 6749 section 5.2). Also
     #: keeps invalid_request from being an alias of INVALID_REQUEST.
@@ -37,42 +43,62 @@ class ErrorSpec:
 
 
 class Reason(enum.Enum):
-    INVALID_REQUEST = ErrorSpec(Code.INVALID_ARGUMENT, "{detail}")
+    INVALID_REQUEST = ErrorSpec(Code.INVALID_ARGUMENT, 400, "{detail}")
     UNAUTHENTICATED = ErrorSpec(
         Code.UNAUTHENTICATED,
+        401,
         "Send the x-api-key header and Authorization: Bearer with an unexpired token of that key.",
     )
-    PRODUCT_NOT_FOUND = ErrorSpec(Code.NOT_FOUND, "No product has SKU {sku}.")
-    ORDER_NOT_FOUND = ErrorSpec(Code.NOT_FOUND, "No order has transactionId {transactionId}.")
+    PRODUCT_NOT_FOUND = ErrorSpec(Code.NOT_FOUND, 404, "No product has SKU {sku}.")
+    ORDER_NOT_FOUND = ErrorSpec(Code.NOT_FOUND, 404, "No order has transactionId {transactionId}.")
     INSTANT_DELIVERY_NOT_SUPPORTED = ErrorSpec(
-        Code.FAILED_PRECONDITION, "Product {sku} cannot be ordered for instant delivery."
+        Code.FAILED_PRECONDITION, 422, "Product {sku} cannot be ordered for instant delivery."
     )
     UNSUPPORTED_CURRENCY = ErrorSpec(
-        Code.FAILED_PRECONDITION, "payWithCurrency is required or not supported for this account."
+        Code.FAILED_PRECONDITION,
+        422,
+        "payWithCurrency is required or not supported for this account.",
     )
     INSUFFICIENT_BALANCE = ErrorSpec(
         Code.FAILED_PRECONDITION,
+        422,
         "The {currency} balance does not cover the order total of {requiredAmount} {currency}.",
     )
     CLIENT_ORDER_NUMBER_DUPLICATE = ErrorSpec(
         Code.ALREADY_EXISTS,
+        409,
         "An order with clientOrderNumber {clientOrderNumber} exists already: {transactionId}.",
     )
     RATE_LIMITED = ErrorSpec(
         Code.RESOURCE_EXHAUSTED,
+        429,
         "Too many {budget} for this API key. Retry after {retryAfterSeconds} s.",
     )
-    UNAVAILABLE = ErrorSpec(Code.UNAVAILABLE, "{detail}")
-    INTERNAL = ErrorSpec(Code.INTERNAL, "Internal error. Quote the requestId when you report it.")
-    invalid_request = ErrorSpec(Code.INVALID_ARGUMENT, "{detail}", oauth2=True)
-    invalid_client = ErrorSpec(Code.UNAUTHENTICATED, "Client authentication failed.", oauth2=True)
+    UNAVAILABLE = ErrorSpec(Code.UNAVAILABLE, 503, "{detail}")
+    INTERNAL = ErrorSpec(
+        Code.INTERNAL, 500, "Internal error. Quote the requestId when you report it."
+    )
+    # The gateway's own refusals, before any call.
+    NOT_FOUND = ErrorSpec(Code.NOT_FOUND, 404, "{detail}")
+    METHOD_NOT_ALLOWED = ErrorSpec(Code.UNIMPLEMENTED, 405, "{detail}")
+    PAYLOAD_TOO_LARGE = ErrorSpec(Code.RESOURCE_EXHAUSTED, 413, "{detail}")
+    UNSUPPORTED_MEDIA_TYPE = ErrorSpec(Code.INVALID_ARGUMENT, 415, "{detail}")
+    # The token endpoint's (RFC 6749 section 5.2).
+    invalid_request = ErrorSpec(Code.INVALID_ARGUMENT, 400, "{detail}", oauth2=True)
+    invalid_client = ErrorSpec(
+        Code.UNAUTHENTICATED, 401, "Client authentication failed.", oauth2=True
+    )
     unsupported_grant_type = ErrorSpec(
-        Code.INVALID_ARGUMENT, "grant_type must be client_credentials.", oauth2=True
+        Code.INVALID_ARGUMENT, 400, "grant_type must be client_credentials.", oauth2=True
     )
 
     @property
     def code(self) -> Code:
         return self.value.code
+
+    @property
+    def http_status(self) -> int:
+        return self.value.http_status
 
 
 class ApiError(Exception):
@@ -97,11 +123,21 @@ def invalid_request(detail: str, field: str | None = None) -> ApiError:
     return ApiError(Reason.INVALID_REQUEST, detail=detail, field=field)
 
 
+def api_error_of(error: BaseException) -> ApiError | None:
+    """What a failure means to the caller; None for a defect (answered INTERNAL)."""
+    if isinstance(error, ApiError):
+        return error
+    if isinstance(error, StorageUnavailable):
+        return ApiError(Reason.UNAVAILABLE, detail="The database is unavailable. Retry shortly.")
+    return None
+
+
 def log_retried_failure(log: logging.Logger, what: str, error: Exception) -> None:
     """Logs why a background job failed before it tries again: an outage the store
-    reported (UNAVAILABLE: the database is down or restarting) as one line, any
-    other failure with its stack trace, since that one is a defect."""
-    if isinstance(error, ApiError) and error.reason is Reason.UNAVAILABLE:
-        log.warning("%s, retrying: %s", what, error.message)
+    reported (the database is down or restarting) as one line, any other failure
+    with its stack trace, since that one is a defect."""
+    meaning = api_error_of(error)
+    if meaning is not None and meaning.reason is Reason.UNAVAILABLE:
+        log.warning("%s, retrying: %s", what, meaning.message)
     else:
         log.error("%s; retrying", what, exc_info=error)

@@ -40,10 +40,10 @@ class CodeSource(Protocol):
         """The SKUs among `skus` it may be able to deliver a code for now."""
         ...
 
-    async def deliver(self, orders: Sequence[Order], now: datetime) -> list[int]:
+    async def deliver(self, orders: Sequence[Order], now: datetime) -> list[str]:
         """Completes the orders it can, in the order given, each atomically (its code
-        recorded and the order COMPLETED); returns their stock ids. The others stay
-        PROCESSING."""
+        recorded and the order COMPLETED); returns their transaction ids. The others
+        stay PROCESSING."""
         ...
 
 
@@ -56,7 +56,7 @@ class InventorySource:
     async def available(self, skus: Collection[str]) -> set[str]:
         return await self._store.skus_in_stock(skus)
 
-    async def deliver(self, orders: Sequence[Order], now: datetime) -> list[int]:
+    async def deliver(self, orders: Sequence[Order], now: datetime) -> list[str]:
         return await self._store.complete_from_stock(orders, now)
 
 
@@ -69,7 +69,7 @@ class Fulfiller:
         source: CodeSource,
         timeout: timedelta,
         clock: Callable[[], datetime],
-        on_change: Callable[[list[int]], None] | None = None,
+        on_change: Callable[[list[str]], None] | None = None,
         poll_interval: float = POLL_INTERVAL_SECONDS,
         batch_size: int = BATCH_SIZE,
     ) -> None:
@@ -109,7 +109,7 @@ class Fulfiller:
                 self._on_change(changed)
         return len(changed)
 
-    async def _complete(self, now: datetime) -> list[int]:
+    async def _complete(self, now: datetime) -> list[str]:
         skus = await self._store.waiting_skus()
         if not skus:
             return []

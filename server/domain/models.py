@@ -144,6 +144,14 @@ class Caller:
     request_id: str = ""
 
 
+class LedgerKind(enum.Enum):
+    """Why a balance changed."""
+
+    TOP_UP = "TOP_UP"
+    ORDER = "ORDER"
+    REFUND = "REFUND"
+
+
 class AuditEvent(enum.Enum):
     ORDER_CREATED = "ORDER_CREATED"
     ORDER_COMPLETED = "ORDER_COMPLETED"

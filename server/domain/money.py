@@ -84,6 +84,9 @@ class Money:
         exact = self.amount * rate
         return Money(exact.quantize(minor_unit(currency), rounding=ROUND_CEILING), currency)
 
+    def __neg__(self) -> Money:
+        return Money(-self.amount, self.currency)
+
     def times(self, quantity: int) -> Money:
         return Money(self.amount * quantity, self.currency)
 

@@ -17,16 +17,14 @@ from typing import Protocol
 from server.domain.models import (
     ApiCredentials,
     AuditRecord,
-    Caller,
     ExchangeRate,
-    InstantOrderRequest,
     Order,
     OrderFilter,
     Page,
     Product,
 )
 from server.domain.money import Money
-from server.domain.orders import OrderFacts, OrderPlan
+from server.domain.orders import NewOrder, OrderFacts, OrderOutcome, OrderPlan, Refused
 
 
 @dataclass(frozen=True)
@@ -54,10 +52,6 @@ class Dataset:
     rates: tuple[ExchangeRate, ...] = ()
 
 
-class DataConflict(Exception):
-    """An admin change contradicts what is stored (a name taken, an unknown SKU, ...)."""
-
-
 class Store(Protocol):
     #: The schema version the database had when opened (0: a new database), and
     #: the one it has now, the latest this backend knows.
@@ -65,17 +59,13 @@ class Store(Protocol):
     schema_version: int
 
     async def place_instant_order(
-        self,
-        caller: Caller,
-        request: InstantOrderRequest,
-        transaction_id: str,
-        now: datetime,
-        decide: Callable[[OrderFacts], OrderPlan],
-    ) -> Order:
-        """Reads the facts, lets `decide` apply the rules, then debits, reserves a
-        code if one is in stock and records the order and its audit rows, all in
-        one transaction. Facts that may change before the writes (a balance, a
-        clientOrderNumber taken meanwhile) are checked again by them."""
+        self, order: NewOrder, decide: Callable[[OrderFacts], OrderPlan | Refused]
+    ) -> OrderOutcome:
+        """Reads the facts and lets `decide` apply the rules; unless they refuse,
+        claims the clientOrderNumber, debits, reserves a code if one is in stock
+        and records the order and its audit rows, all in one transaction. Facts
+        that may change before the writes (a balance, a clientOrderNumber taken
+        meanwhile) are checked again by them, and reported as an outcome."""
         ...
 
     async def get_order(self, account_id: int, transaction_id: str) -> Order | None: ...
@@ -99,21 +89,21 @@ class Store(Protocol):
         """The SKUs among `skus` with an unsold code in the local inventory."""
         ...
 
-    async def complete_from_stock(self, orders: Sequence[Order], now: datetime) -> list[int]:
+    async def complete_from_stock(self, orders: Sequence[Order], now: datetime) -> list[str]:
         """Gives each order, in turn, the oldest unsold code of its SKU; returns the
-        stock ids of the orders completed. Each completion is atomic (code
+        transaction ids of the orders completed. Each completion is atomic (code
         reserved, order COMPLETED); an order no longer PROCESSING is skipped."""
         ...
 
     async def cancel_overdue(
         self, created_before: datetime, now: datetime, limit: int
-    ) -> list[int]:
+    ) -> list[str]:
         """Cancels PROCESSING orders created before `created_before`, oldest first, each
-        with its refund in the same step; returns their stock ids."""
+        with its refund in the same step; returns their transaction ids."""
         ...
 
-    async def finished_among(self, stock_ids: Collection[int]) -> list[int]:
-        """The orders among `stock_ids` that are no longer PROCESSING."""
+    async def finished_among(self, transaction_ids: Collection[str]) -> list[str]:
+        """The orders among `transaction_ids` that are no longer PROCESSING."""
         ...
 
     async def list_orders(

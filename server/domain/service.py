@@ -6,7 +6,7 @@ import asyncio
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import partial
 
 from server.domain.auth import (
@@ -15,6 +15,7 @@ from server.domain.auth import (
     TokenSigner,
     verify_secret,
 )
+from server.domain.clock import utc_now
 from server.domain.errors import ApiError, Reason, invalid_request
 from server.domain.limits import DEFAULT_LIMITS, Limiter, Limits
 from server.domain.models import (
@@ -31,7 +32,7 @@ from server.domain.models import (
     Product,
 )
 from server.domain.money import Money, is_currency
-from server.domain.orders import decide_instant_order
+from server.domain.orders import NewOrder, decide_instant_order, placed_order
 from server.domain.ports import Store
 from server.domain.updates import OrderUpdates
 
@@ -41,10 +42,6 @@ MAX_TRANSACTION_ID_LENGTH = 64
 MAX_CURRENCY_LENGTH = 16
 ORDERS_PAGE = (10, 100)  # (default, maximum) page size
 PRODUCTS_PAGE = (1000, 1000)
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -128,13 +125,11 @@ class InstantOrdersService:
         # Any printable code of sane length reaches the currency rules, which
         # answer UNSUPPORTED_CURRENCY for one that is not ISO 4217.
         check_text("payWithCurrency", request.pay_with_currency, MAX_CURRENCY_LENGTH)
-        return await self._store.place_instant_order(
-            caller,
-            request,
-            transaction_id=new_transaction_id(),
-            now=self._clock(),
-            decide=partial(decide_instant_order, request),
+        order = NewOrder(caller, request, new_transaction_id(), self._clock())
+        outcome = await self._store.place_instant_order(
+            order, decide=partial(decide_instant_order, request)
         )
+        return placed_order(request, outcome)
 
     async def get_order(self, caller: Caller, transaction_id: str) -> Order:
         check_text("transactionId", transaction_id, MAX_TRANSACTION_ID_LENGTH, required=True)
@@ -145,9 +140,11 @@ class InstantOrdersService:
         return order
 
     async def watch_order(self, caller: Caller, transaction_id: str) -> AsyncIterator[Order]:
-        """The order now, then each change until it is final."""
-        order = await self.get_order(caller, transaction_id)
-        with self.limiter.stream(caller.api_key), self.updates.watching(order.stock_id) as changed:
+        """The order now, then each change until it is final. The watch starts
+        before the first read, so that no change falls between the two."""
+        check_text("transactionId", transaction_id, MAX_TRANSACTION_ID_LENGTH, required=True)
+        with self.limiter.stream(caller.api_key), self.updates.watching(transaction_id) as changed:
+            order = await self.get_order(caller, transaction_id)
             yield order
             while order.status is OrderStatus.PROCESSING:
                 await changed.wait()

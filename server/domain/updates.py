@@ -26,7 +26,7 @@ class OrderUpdates:
     def __init__(self, store: Store, poll_interval: float = POLL_INTERVAL_SECONDS) -> None:
         self._store = store
         self._poll_interval = poll_interval
-        self._watchers: dict[int, set[asyncio.Event]] = {}
+        self._watchers: dict[str, set[asyncio.Event]] = {}
         self._someone_watches = asyncio.Event()
         self._closed = False
 
@@ -39,27 +39,27 @@ class OrderUpdates:
         return self._closed
 
     @contextlib.contextmanager
-    def watching(self, stock_id: int) -> Iterator[asyncio.Event]:
+    def watching(self, transaction_id: str) -> Iterator[asyncio.Event]:
         """An event set when the order may have changed, or when watching ends
         because the process stops (see `closed`). Enter it before reading the
         order, so that no change falls between the read and the watch."""
         changed = asyncio.Event()
         if self._closed:
             changed.set()
-        self._watchers.setdefault(stock_id, set()).add(changed)
+        self._watchers.setdefault(transaction_id, set()).add(changed)
         self._someone_watches.set()
         try:
             yield changed
         finally:
-            events = self._watchers[stock_id]
+            events = self._watchers[transaction_id]
             events.discard(changed)
             if not events:
-                del self._watchers[stock_id]
+                del self._watchers[transaction_id]
 
-    def notify(self, stock_ids: Iterable[int]) -> None:
+    def notify(self, transaction_ids: Iterable[str]) -> None:
         """The orders changed: wake their watchers."""
-        for stock_id in stock_ids:
-            for changed in self._watchers.get(stock_id, ()):
+        for transaction_id in transaction_ids:
+            for changed in self._watchers.get(transaction_id, ()):
                 changed.set()
 
     def close(self) -> None:

@@ -11,7 +11,6 @@ import contextlib
 import contextvars
 import functools
 import logging
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeAlias
 
@@ -21,9 +20,10 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from server.domain.errors import ApiError, Reason, invalid_request
+from server.domain.errors import ApiError, Reason, api_error_of, invalid_request
 from server.domain.limits import Budget
 from server.domain.models import Caller
+from server.domain.requests import request_id_from
 from server.logs import REQUEST_ID
 
 #: ErrorInfo.domain of every error this service raises.
@@ -74,9 +74,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or not handler_call_details.method.startswith(API_METHOD_PREFIX):
             return handler
-        values = _values(handler_call_details.invocation_metadata, "x-request-id")
-        request_id = values[0] if len(values) == 1 and _is_request_id(values[0]) else None
-        guard = functools.partial(_Guarded, request_id or str(uuid.uuid4()))
+        given = _values(handler_call_details.invocation_metadata, "x-request-id")
+        guard = functools.partial(_Guarded, request_id_from(given))
         return _wrap(_refusing_undecodable(handler), guard)
 
 
@@ -160,10 +159,13 @@ class _Guarded:
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any
     ) -> None:
-        if isinstance(error, ApiError):
-            log.info("call refused: %s", error.reason.name)
-            await self._context.abort_with_status(to_rpc_status(error))
-        elif isinstance(error, Exception) and not isinstance(error, grpc.aio.AbortError):
+        if error is None or isinstance(error, grpc.aio.AbortError):
+            return
+        meaning = api_error_of(error)
+        if meaning is not None:
+            log.info("call refused: %s", meaning.reason.name)
+            await self._context.abort_with_status(to_rpc_status(meaning))
+        elif isinstance(error, Exception):
             log.error("unexpected failure", exc_info=error)
             await self._context.abort_with_status(to_rpc_status(ApiError(Reason.INTERNAL)))
 
@@ -235,10 +237,6 @@ def _wrap(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMethodHandl
 
 def _values(metadata: Sequence[tuple[str, str | bytes]] | None, key: str) -> list[str]:
     return [value for k, value in metadata or () if k == key and isinstance(value, str)]
-
-
-def _is_request_id(value: str) -> bool:
-    return 0 < len(value) <= 128 and value.isascii() and value.isprintable()
 
 
 def client_address(context: Context) -> str:

@@ -7,14 +7,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from server.domain.ports import Store
 from server.keys import CodeCipher
+from server.settings import is_postgres
 from server.store.postgres import PoolSettings, PostgresStore
 from server.store.sqlite import SqliteStore
-
-_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
-
-
-def is_postgres(database: str) -> bool:
-    return database.startswith(_POSTGRES_SCHEMES)
 
 
 def shown(database: str) -> str:

@@ -1,105 +1,120 @@
-"""The SQLite schema. Money is stored as integer minor units, rates as exact decimal text.
+"""The schema of both backends: one list of migrations, written once.
 
-MIGRATIONS[n] takes a database from schema version n to n + 1 (PRAGMA
-user_version); a new database runs them all. Never edit a released step: add
-one. A step is SQL, or a function for what SQL cannot do (encrypting).
+MIGRATIONS[n] takes a database from schema version n to n + 1; a new database
+runs them all. Types and what else the two databases spell differently are
+{fragments} (sql.py); where they differ more (triggers), a step names both.
+Money is stored as integer minor units, rates as exact decimal text, times as
+integer microseconds since the epoch. Never edit a released step: add one.
+
+SQLite keeps the version in PRAGMA user_version, PostgreSQL in the table
+schema_version. The first PostgreSQL release numbered its one step 1; it
+built what version 5 builds here, so a stored 1 is read as 5 (LEGACY_VERSIONS).
+
+PostgreSQL also has routines: functions made from the same statements as the
+transactions (statements.py), re-created whenever their text changes.
 """
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
+from server.domain.models import AuditEvent, LedgerKind, OrderStatus
 from server.keys import CodeCipher
+from server.store import statements as sql
+from server.store.rows import Row
+from server.store.sql import Dialect, Statement, Unit
 
 _INITIAL = """
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
-    value BLOB NOT NULL
-) WITHOUT ROWID;
+    value {bytes} NOT NULL
+) {without_rowid};
 
 CREATE TABLE accounts (
-    id            INTEGER PRIMARY KEY,
+    id            {id},
     name          TEXT NOT NULL UNIQUE,
-    created_at_us INTEGER NOT NULL
+    created_at_us {int} NOT NULL
 );
 
 CREATE TABLE api_keys (
     api_key       TEXT PRIMARY KEY,
-    account_id    INTEGER NOT NULL REFERENCES accounts(id),
+    account_id    {int} NOT NULL REFERENCES accounts(id),
     secret_hash   TEXT NOT NULL,
-    created_at_us INTEGER NOT NULL
-) WITHOUT ROWID;
+    created_at_us {int} NOT NULL
+) {without_rowid};
 
 -- The current balance per currency, always equal to the sum of the ledger.
 CREATE TABLE balances (
-    account_id   INTEGER NOT NULL REFERENCES accounts(id),
+    account_id   {int} NOT NULL REFERENCES accounts(id),
     currency     TEXT NOT NULL,
-    amount_minor INTEGER NOT NULL CHECK (amount_minor >= 0),
+    amount_minor {int} NOT NULL CHECK (amount_minor >= 0),
     PRIMARY KEY (account_id, currency)
-) WITHOUT ROWID;
-
--- Every balance change, written in the transaction that made it.
-CREATE TABLE ledger (
-    id            INTEGER PRIMARY KEY,
-    account_id    INTEGER NOT NULL REFERENCES accounts(id),
-    currency      TEXT NOT NULL,
-    amount_minor  INTEGER NOT NULL CHECK (amount_minor <> 0),
-    kind          TEXT NOT NULL CHECK (kind IN ('TOP_UP', 'ORDER', 'REFUND')),
-    order_id      INTEGER REFERENCES orders(id),
-    created_at_us INTEGER NOT NULL
-);
-CREATE INDEX ledger_by_account ON ledger (account_id, currency);
-CREATE INDEX ledger_by_order ON ledger (order_id) WHERE order_id IS NOT NULL;
+) {without_rowid};
 
 CREATE TABLE products (
     sku                        TEXT PRIMARY KEY,
     name                       TEXT NOT NULL,
     brand                      TEXT NOT NULL,
     currency                   TEXT NOT NULL,
-    price_minor                INTEGER NOT NULL CHECK (price_minor > 0),
-    face_value_minor           INTEGER NOT NULL CHECK (face_value_minor >= 0),
-    instant_delivery_supported INTEGER NOT NULL,
+    price_minor                {int} NOT NULL CHECK (price_minor > 0),
+    face_value_minor           {int} NOT NULL CHECK (face_value_minor >= 0),
+    instant_delivery_supported {bool} NOT NULL,
     details                    TEXT NOT NULL  -- JSON: the catalogue's descriptive fields
-) WITHOUT ROWID;
+) {without_rowid};
 
 CREATE TABLE rates (
     base          TEXT NOT NULL,
     quote         TEXT NOT NULL,
     rate          TEXT NOT NULL,
     as_of         TEXT NOT NULL,
-    updated_at_us INTEGER NOT NULL,
+    updated_at_us {int} NOT NULL,
     PRIMARY KEY (base, quote)
-) WITHOUT ROWID;
+) {without_rowid};
 
 -- An instant order is one unit of one product. Its id is the stockId of that unit.
 CREATE TABLE orders (
-    id                        INTEGER PRIMARY KEY,
+    id                        {id},
     transaction_id            TEXT NOT NULL UNIQUE,
-    account_id                INTEGER NOT NULL REFERENCES accounts(id),
+    account_id                {int} NOT NULL REFERENCES accounts(id),
     client_order_number       TEXT NOT NULL,
     sku                       TEXT NOT NULL REFERENCES products(sku),
     status                    TEXT NOT NULL
                               CHECK (status IN ('PROCESSING', 'COMPLETED', 'CANCELLED')),
     pay_currency              TEXT NOT NULL,
-    unit_price_minor          INTEGER NOT NULL,
+    unit_price_minor          {int} NOT NULL,
     original_currency         TEXT NOT NULL,
-    unit_price_original_minor INTEGER NOT NULL,
+    unit_price_original_minor {int} NOT NULL,
     fx_rate                   TEXT,  -- NULL for same-currency orders
     fx_as_of                  TEXT,
-    created_at_us             INTEGER NOT NULL
+    created_at_us             {int} NOT NULL
 );
 CREATE INDEX orders_by_account ON orders (account_id, id);
 CREATE INDEX orders_by_client_number ON orders (account_id, client_order_number);
 
+-- Every balance change, written in the transaction that made it.
+CREATE TABLE ledger (
+    id            {id},
+    account_id    {int} NOT NULL REFERENCES accounts(id),
+    currency      TEXT NOT NULL,
+    amount_minor  {int} NOT NULL CHECK (amount_minor <> 0),
+    kind          TEXT NOT NULL CHECK (kind IN ('TOP_UP', 'ORDER', 'REFUND')),
+    order_id      {int} REFERENCES orders(id),
+    created_at_us {int} NOT NULL
+);
+CREATE INDEX ledger_by_account ON ledger (account_id, currency);
+CREATE INDEX ledger_by_order ON ledger (order_id) WHERE order_id IS NOT NULL;
+
 -- order_id is UNIQUE: a code is sold to at most one order, an order gets one code
 CREATE TABLE codes (
-    id            INTEGER PRIMARY KEY,
+    id            {id},
     sku           TEXT NOT NULL REFERENCES products(sku),
     redeem_code   TEXT NOT NULL,
     pin_code      TEXT,
-    order_id      INTEGER UNIQUE REFERENCES orders(id),
-    added_at_us   INTEGER NOT NULL,
+    order_id      {int} UNIQUE REFERENCES orders(id),
+    added_at_us   {int} NOT NULL,
     UNIQUE (sku, redeem_code)
 );
 CREATE INDEX unsold_codes ON codes (sku, id) WHERE order_id IS NULL;
@@ -107,7 +122,7 @@ CREATE INDEX unsold_codes ON codes (sku, id) WHERE order_id IS NULL;
 
 _FULFILLMENT = """
 -- When the order became COMPLETED or CANCELLED.
-ALTER TABLE orders ADD COLUMN finished_at_us INTEGER;
+ALTER TABLE orders ADD COLUMN finished_at_us {int};
 -- The fulfiller's queues: waiting orders per SKU, first come first served,
 -- and by age for the deadline. Partial, so they hold only what waits.
 CREATE INDEX waiting_orders ON orders (sku, id) WHERE status = 'PROCESSING';
@@ -118,64 +133,242 @@ _SECURITY = """
 -- The token signing key lives in the key file now, not beside the data.
 DELETE FROM meta WHERE key = 'token_signing_key';
 
-ALTER TABLE api_keys ADD COLUMN disabled_at_us INTEGER;
+ALTER TABLE api_keys ADD COLUMN disabled_at_us {int};
 CREATE INDEX api_keys_by_account ON api_keys (account_id);
 
 -- Codes sealed with AES-GCM (see server/keys.py): key_id names the data key,
 -- fingerprint (an HMAC of sku and code) keeps a code from being stocked twice.
 CREATE TABLE sealed_codes (
-    id            INTEGER PRIMARY KEY,
+    id            {id},
     sku           TEXT NOT NULL REFERENCES products(sku),
-    fingerprint   BLOB NOT NULL,
-    redeem_code   BLOB NOT NULL,
-    pin_code      BLOB,
-    key_id        INTEGER NOT NULL,
-    order_id      INTEGER UNIQUE REFERENCES orders(id),
-    added_at_us   INTEGER NOT NULL,
+    fingerprint   {bytes} NOT NULL,
+    redeem_code   {bytes} NOT NULL,
+    pin_code      {bytes},
+    key_id        {int} NOT NULL,
+    order_id      {int} UNIQUE REFERENCES orders(id),
+    added_at_us   {int} NOT NULL,
     UNIQUE (sku, fingerprint)
 );
 
 -- Who did what, written in the transaction of the event itself. Append-only.
 CREATE TABLE audit (
-    id             INTEGER PRIMARY KEY,
-    at_us          INTEGER NOT NULL,
+    id             {id},
+    at_us          {int} NOT NULL,
     event          TEXT NOT NULL,
-    account_id     INTEGER,
+    account_id     {int},
     api_key        TEXT,
     request_id     TEXT,
     transaction_id TEXT,
     details        TEXT  -- JSON
 );
 CREATE INDEX audit_by_account ON audit (account_id, at_us);
+"""
+
+#: The audit trail refuses UPDATE and DELETE: each database has its own triggers.
+_AUDIT_IS_APPEND_ONLY = Statement.differing(
+    sqlite="""
 CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+""",
+    postgres="""
+CREATE FUNCTION audit_is_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'the audit trail is append-only';
+END $$;
+CREATE TRIGGER audit_no_change BEFORE UPDATE OR DELETE OR TRUNCATE ON audit
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_is_append_only();
+""",
+)
+
+_CLEAR_CODES = Statement("SELECT id, sku, redeem_code, pin_code, order_id, added_at_us FROM codes")
+_INSERT_SEALED_CODE = Statement(
+    "INSERT INTO sealed_codes (id, sku, fingerprint, redeem_code, pin_code, key_id,"
+    " order_id, added_at_us) VALUES (:id, :sku, :fingerprint, :redeem_code, :pin_code,"
+    " :key_id, :order_id, :added_at_us)"
+)
+_REPLACE_CODES = """
+DROP TABLE codes;
+ALTER TABLE sealed_codes RENAME TO codes;
+CREATE INDEX unsold_codes ON codes (sku, id) WHERE order_id IS NULL;
 """
 
 
-def _seal_codes(db: sqlite3.Connection, cipher: CodeCipher) -> None:
-    """Moves the codes of schema 2 into sealed_codes, encrypted, keeping their ids."""
-    rows = db.execute("SELECT id, sku, redeem_code, pin_code, order_id, added_at_us FROM codes")
-    for code_id, sku, redeem_code, pin_code, order_id, added_at_us in rows.fetchall():
-        db.execute(
-            "INSERT INTO sealed_codes (id, sku, fingerprint, redeem_code, pin_code, key_id,"
-            " order_id, added_at_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                code_id,
-                sku,
-                cipher.fingerprint(sku, redeem_code),
-                *cipher.seal_code(code_id, redeem_code, pin_code),
-                cipher.active_key_id,
-                order_id,
-                added_at_us,
-            ),
+def row_dict(row: Row) -> dict[str, Any]:
+    return {key: row[key] for key in row.keys()}  # noqa: SIM118 - rows are not dicts
+
+
+def _seal_codes(cipher: CodeCipher) -> Unit[None]:
+    """Moves the codes of schema 3 into sealed_codes, encrypted, keeping their ids."""
+    rows = yield _CLEAR_CODES.rows()
+    sealed = []
+    for row in rows:
+        redeem_code, pin_code = cipher.seal_code(row["id"], row["redeem_code"], row["pin_code"])
+        sealed.append(
+            {
+                **row_dict(row),
+                "fingerprint": cipher.fingerprint(row["sku"], row["redeem_code"]),
+                "redeem_code": redeem_code,
+                "pin_code": pin_code,
+                "key_id": cipher.active_key_id,
+            }
         )
-    db.execute("DROP TABLE codes")
-    db.execute("ALTER TABLE sealed_codes RENAME TO codes")
-    db.execute("CREATE INDEX unsold_codes ON codes (sku, id) WHERE order_id IS NULL")
+    if sealed:
+        yield _INSERT_SEALED_CODE.many(sealed)
+    yield Statement(_REPLACE_CODES).script()
 
 
-Migration = str | Callable[[sqlite3.Connection, CodeCipher], None]
-MIGRATIONS: tuple[Migration, ...] = (_INITIAL, _FULFILLMENT, _SECURITY, _seal_codes)
+_CLIENT_ORDER_NUMBERS = """
+-- Held a token signing key once (see step 3); nothing since.
+DROP TABLE IF EXISTS meta;
+
+-- The first order of each clientOrderNumber. Its primary key makes the
+-- duplicate check exact: a second claim of a number waits for the first
+-- one's transaction (PostgreSQL) or its write lock (SQLite), then sees it.
+CREATE TABLE IF NOT EXISTS client_order_numbers (
+    account_id          {int} NOT NULL REFERENCES accounts(id),
+    client_order_number TEXT NOT NULL,
+    transaction_id      TEXT NOT NULL,
+    PRIMARY KEY (account_id, client_order_number)
+) {without_rowid};
+INSERT INTO client_order_numbers (account_id, client_order_number, transaction_id)
+SELECT o.account_id, o.client_order_number, o.transaction_id FROM orders o
+WHERE o.client_order_number <> '' AND o.id = (
+    SELECT min(f.id) FROM orders f
+    WHERE f.account_id = o.account_id AND f.client_order_number = o.client_order_number)
+ON CONFLICT DO NOTHING;
+"""
+
+#: A step's pieces: DDL (with fragments), DDL per dialect, or a transaction.
+Piece = str | Statement | Callable[[CodeCipher], Unit[None]]
+MIGRATIONS: tuple[tuple[Piece, ...], ...] = (
+    (_INITIAL,),
+    (_FULFILLMENT,),
+    (_SECURITY, _AUDIT_IS_APPEND_ONLY),
+    (_seal_codes,),
+    (_CLIENT_ORDER_NUMBERS,),
+)
 SCHEMA_VERSION = len(MIGRATIONS)
+#: PostgreSQL versions stored by an earlier numbering, and what they mean here.
+LEGACY_VERSIONS = {Dialect.POSTGRES: {1: 5}}
+
+
+def migrate(dialect: Dialect, found: int, cipher: CodeCipher) -> Unit[None]:
+    """Applies the steps after version `found` (the caller records the new version)."""
+    for step in MIGRATIONS[found:]:
+        for piece in step:
+            if isinstance(piece, str):
+                yield Statement(piece).script()
+            elif isinstance(piece, Statement):
+                yield piece.script()
+            else:
+                yield from piece(cipher)
+
+
+def compiled_step(version: int, dialect: Dialect) -> str:
+    """The DDL of step `version` (1-based) in `dialect`, for tests that build old databases."""
+    pieces = [Statement(p) if isinstance(p, str) else p for p in MIGRATIONS[version - 1]]
+    return "\n".join(p.script_text(dialect) for p in pieces if isinstance(p, Statement))
+
+
+# --- PostgreSQL routines -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Routine:
+    name: str
+    definition: str
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.definition.encode()).hexdigest()
+
+
+def plpgsql(statement: Statement, **expressions: str) -> str:
+    """A statement inside a PL/pgSQL body: each :name becomes the function's
+    argument p_name, or the expression given for it. So the function runs the
+    very statement text the transactions run."""
+    compiled = statement.compiled(Dialect.POSTGRES)
+    text = compiled.text
+    for number, name in reversed(list(enumerate(compiled.names, start=1))):
+        text = text.replace(f"${number}", expressions.get(name, f"p_{name}"))
+    return text
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _place_instant_order() -> str:
+    """An instant order's writes in one statement: one round trip, as SQLite does
+    them in one hop to its thread (transactions.apply_order_plan, whose steps
+    and statements these are). A balance spent meanwhile raises IO001, which
+    rolls the whole statement back."""
+    price = {"currency": "p_pay_currency", "amount_minor": "p_unit_price_minor"}
+    created = plpgsql(
+        sql.INSERT_AUDIT,
+        event=_literal(AuditEvent.ORDER_CREATED.value),
+        details="json_build_object('sku', p_sku, 'status', v_status)::text",
+    )
+    completed = plpgsql(
+        sql.INSERT_AUDIT,
+        event=_literal(AuditEvent.ORDER_COMPLETED.value),
+        details="json_build_object('stockId', v_stock_id::text)::text",
+    )
+    ledger = plpgsql(
+        sql.INSERT_LEDGER,
+        currency="p_pay_currency",
+        amount_minor="-p_unit_price_minor",
+        kind=_literal(LedgerKind.ORDER.value),
+        order_id="v_stock_id",
+    )
+    processing, completed_status = OrderStatus.PROCESSING.value, OrderStatus.COMPLETED.value
+    return f"""
+CREATE FUNCTION place_instant_order(
+    p_transaction_id text, p_account_id bigint, p_client_order_number text,
+    p_dup_check boolean, p_sku text, p_pay_currency text, p_unit_price_minor bigint,
+    p_original_currency text, p_unit_price_original_minor bigint, p_fx_rate text,
+    p_fx_as_of text, p_at bigint, p_api_key text, p_request_id text,
+    OUT duplicate_of text, OUT stock_id bigint, OUT order_status text, OUT code_id bigint,
+    OUT code_key_id bigint, OUT code_redeem bytea, OUT code_pin bytea)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+-- No variable is named as a column: each :parameter becomes p_... or v_...
+DECLARE
+    v_claimed text;
+    v_left bigint;
+    v_status text;
+    v_stock_id bigint;
+BEGIN
+    IF p_client_order_number <> '' THEN
+        {plpgsql(sql.CLAIM_CLIENT_ORDER_NUMBER)} INTO v_claimed;
+        IF v_claimed IS NULL AND p_dup_check THEN
+            {plpgsql(sql.CLIENT_ORDER_NUMBER_HOLDER)} INTO duplicate_of;
+            RETURN;
+        END IF;
+    END IF;
+    {plpgsql(sql.DEBIT, **price)} INTO v_left;
+    IF v_left IS NULL THEN
+        RAISE EXCEPTION 'the balance does not cover the order' USING ERRCODE = 'IO001';
+    END IF;
+    {plpgsql(sql.CODE_FOR_NEW_ORDER)}
+        INTO code_id, code_key_id, code_redeem, code_pin;
+    v_status := CASE WHEN code_id IS NULL THEN {_literal(processing)}
+                     ELSE {_literal(completed_status)} END;
+    {plpgsql(sql.INSERT_ORDER, status="v_status")} INTO v_stock_id;
+    {ledger};
+    {created};
+    IF code_id IS NOT NULL THEN
+        {plpgsql(sql.SELL_CODE, order_id="v_stock_id", code_id="code_id")};
+        {completed};
+    END IF;
+    stock_id := v_stock_id;
+    order_status := v_status;
+END $$;
+"""
+
+
+ROUTINES: Mapping[str, Routine] = {
+    "place_instant_order": Routine("place_instant_order", _place_instant_order()),
+}

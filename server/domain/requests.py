@@ -1,0 +1,21 @@
+"""Request ids: the name of one call in logs, errors and the audit trail, the same
+in the gateway and the gRPC server."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+MAX_REQUEST_ID_LENGTH = 128
+
+
+def request_id_from(given: Sequence[str]) -> str:
+    """The client's own request id when it sent exactly one that is short printable
+    ASCII (X-Request-Id, or x-request-id metadata), else a new one."""
+    if len(given) == 1 and _acceptable(given[0]):
+        return given[0]
+    return str(uuid.uuid4())
+
+
+def _acceptable(value: str) -> bool:
+    return 0 < len(value) <= MAX_REQUEST_ID_LENGTH and value.isascii() and value.isprintable()

@@ -1,0 +1,253 @@
+"""Every SQL statement the stores run, each written once for both backends.
+
+Named parameters and {fragments} are translated per backend by sql.py. The
+few statements that exist for one backend alone say why where they stand.
+Statuses and ledger kinds are spelt as the schema's CHECK constraints spell
+them; the Python values that fill them come from the domain's enums.
+"""
+
+from __future__ import annotations
+
+from server.store.sql import Statement
+
+# --- orders ------------------------------------------------------------------------
+
+#: An order with its code, if it has one: what `rows.order_from_row` reads.
+_ORDER = """
+    SELECT o.id, o.transaction_id, o.client_order_number, o.sku, o.status, o.pay_currency,
+           o.unit_price_minor, o.original_currency, o.unit_price_original_minor, o.fx_rate,
+           o.fx_as_of, o.created_at_us, c.id AS code_id, c.key_id AS code_key_id,
+           c.redeem_code, c.pin_code
+    FROM orders o LEFT JOIN codes c ON c.order_id = o.id
+"""
+ORDER_BY_TRANSACTION_ID = Statement(
+    _ORDER + "WHERE o.transaction_id = :transaction_id AND o.account_id = :account_id"
+)
+
+
+def _orders_of_account(*filters: str) -> tuple[Statement, Statement]:
+    """(count, page) of an account's orders with the filters that are set, newest first."""
+    where = " AND ".join(["o.account_id = :account_id", *filters])
+    return (
+        Statement(f"SELECT count(*) FROM orders o WHERE {where}"),  # noqa: S608
+        Statement(f"{_ORDER} WHERE {where} ORDER BY o.id DESC LIMIT :limit OFFSET :offset"),
+    )
+
+
+_BY_TRANSACTION_ID = "o.transaction_id = :transaction_id"
+_BY_CLIENT_ORDER_NUMBER = "o.client_order_number = :client_order_number"
+#: Keyed by (filter by transaction id, filter by clientOrderNumber). Four texts
+#: rather than one with "(:x = '' OR ...)", which would keep SQLite off the indexes.
+ORDERS_OF_ACCOUNT = {
+    (False, False): _orders_of_account(),
+    (True, False): _orders_of_account(_BY_TRANSACTION_ID),
+    (False, True): _orders_of_account(_BY_CLIENT_ORDER_NUMBER),
+    (True, True): _orders_of_account(_BY_TRANSACTION_ID, _BY_CLIENT_ORDER_NUMBER),
+}
+
+# --- placing an order --------------------------------------------------------------
+
+PRICED_PRODUCT = Statement(
+    "SELECT sku, name, brand, currency, price_minor, face_value_minor,"
+    " instant_delivery_supported FROM products WHERE sku = :sku"
+)
+BALANCES = Statement("SELECT currency, amount_minor FROM balances WHERE account_id = :account_id")
+_RATES = "SELECT base, quote, rate, as_of, updated_at_us FROM rates"
+RATE = Statement(_RATES + " WHERE base = :base AND quote = :quote")
+ALL_RATES = Statement(_RATES + " ORDER BY base, quote")
+CLIENT_ORDER_NUMBER_HOLDER = Statement(
+    "SELECT transaction_id FROM client_order_numbers"
+    " WHERE account_id = :account_id AND client_order_number = :client_order_number"
+)
+#: Claims the number for the order, unless an order has it: then no row is
+#: returned. The primary key makes the duplicate check exact across replicas.
+CLAIM_CLIENT_ORDER_NUMBER = Statement(
+    "INSERT INTO client_order_numbers (account_id, client_order_number, transaction_id)"
+    " VALUES (:account_id, :client_order_number, :transaction_id)"
+    " ON CONFLICT DO NOTHING RETURNING transaction_id"
+)
+#: Conditional, so that no balance ever goes negative: no row when it does not cover.
+DEBIT = Statement(
+    "UPDATE balances SET amount_minor = amount_minor - :amount_minor"
+    " WHERE account_id = :account_id AND currency = :currency AND amount_minor >= :amount_minor"
+    " RETURNING amount_minor"
+)
+#: The oldest unsold code for a new order, unless orders already wait for the
+#: SKU: they are served first, in order, and the new one queues behind them.
+CODE_FOR_NEW_ORDER = Statement(
+    "SELECT id, key_id, redeem_code, pin_code FROM codes {unsold_codes_index}"
+    " WHERE sku = :sku AND order_id IS NULL AND NOT EXISTS"
+    " (SELECT 1 FROM orders w WHERE w.sku = :sku AND w.status = 'PROCESSING')"
+    " ORDER BY id LIMIT 1 {skip_locked}"
+)
+INSERT_ORDER = Statement(
+    "INSERT INTO orders (transaction_id, account_id, client_order_number, sku, status,"
+    " pay_currency, unit_price_minor, original_currency, unit_price_original_minor,"
+    " fx_rate, fx_as_of, created_at_us)"
+    " VALUES (:transaction_id, :account_id, :client_order_number, :sku, :status,"
+    " :pay_currency, :unit_price_minor, :original_currency, :unit_price_original_minor,"
+    " :fx_rate, :fx_as_of, :at)"
+    " RETURNING id"
+)
+SELL_CODE = Statement("UPDATE codes SET order_id = :order_id WHERE id = :code_id")
+
+# PostgreSQL places an order in two round trips: these facts in one query
+# (SQLite reads them with the statements above, in its write transaction,
+# where each costs microseconds), then place_instant_order (schema.py).
+ORDER_FACTS = Statement(
+    "SELECT (SELECT p FROM products p WHERE p.sku = :sku) AS product,"
+    " ARRAY(SELECT b FROM balances b WHERE b.account_id = :account_id) AS balances,"
+    " ARRAY(SELECT r FROM rates r WHERE r.base ="
+    "  (SELECT currency FROM products WHERE sku = :sku)) AS rates,"
+    " (SELECT transaction_id FROM client_order_numbers WHERE account_id = :account_id"
+    "  AND client_order_number = :client_order_number) AS duplicate_of"
+)
+PLACE_INSTANT_ORDER = Statement(
+    "SELECT * FROM place_instant_order(:transaction_id, :account_id, :client_order_number,"
+    " :dup_check, :sku, :pay_currency, :unit_price_minor, :original_currency,"
+    " :unit_price_original_minor, :fx_rate, :fx_as_of, :at, :api_key, :request_id)"
+)
+
+# --- fulfillment -------------------------------------------------------------------
+
+WAITING_SKUS = Statement("SELECT DISTINCT sku FROM orders WHERE status = 'PROCESSING'")
+WAITING_ORDERS = Statement(
+    _ORDER + "WHERE o.status = 'PROCESSING' AND o.sku = ANY(:skus) ORDER BY o.id LIMIT :limit"
+)
+SKUS_IN_STOCK = Statement(
+    "SELECT sku FROM products WHERE sku = ANY(:skus) AND EXISTS"
+    " (SELECT 1 FROM codes {unsold_codes_index}"
+    "  WHERE codes.sku = products.sku AND codes.order_id IS NULL)"
+)
+CLAIM_WAITING_ORDERS = Statement(
+    "SELECT id, sku FROM orders WHERE id = ANY(:ids) AND status = 'PROCESSING'"
+    " ORDER BY id {skip_locked}"
+)
+CLAIM_UNSOLD_CODES = Statement(
+    "SELECT id FROM codes {unsold_codes_index} WHERE sku = :sku AND order_id IS NULL"
+    " ORDER BY id LIMIT :count {skip_locked}"
+)
+ANY_OVERDUE = Statement(
+    "SELECT 1 FROM orders WHERE status = 'PROCESSING' AND created_at_us < :before LIMIT 1"
+)
+CLAIM_OVERDUE_ORDERS = Statement(
+    "SELECT id FROM orders WHERE status = 'PROCESSING' AND created_at_us < :before"
+    " ORDER BY created_at_us LIMIT :limit {skip_locked}"
+)
+#: PROCESSING -> :status; an order no longer PROCESSING is left alone, which
+#: makes every step safe to repeat.
+FINISH_ORDERS = Statement(
+    "UPDATE orders SET status = :status, finished_at_us = :at"
+    " WHERE id = ANY(:ids) AND status = 'PROCESSING'"
+    " RETURNING id, account_id, transaction_id, pay_currency, unit_price_minor"
+)
+FINISHED_AMONG = Statement(
+    "SELECT transaction_id FROM orders"
+    " WHERE transaction_id = ANY(:transaction_ids) AND status <> 'PROCESSING'"
+)
+
+# --- money -------------------------------------------------------------------------
+
+#: Adds to a balance (creating it); returns the new balance.
+CREDIT = Statement(
+    "INSERT INTO balances (account_id, currency, amount_minor)"
+    " VALUES (:account_id, :currency, :amount_minor)"
+    " ON CONFLICT (account_id, currency) DO UPDATE"
+    " SET amount_minor = balances.amount_minor + excluded.amount_minor"
+    " RETURNING amount_minor"
+)
+INSERT_LEDGER = Statement(
+    "INSERT INTO ledger (account_id, currency, amount_minor, kind, order_id, created_at_us)"
+    " VALUES (:account_id, :currency, :amount_minor, :kind, :order_id, :at)"
+)
+
+# --- catalogue, rates, credentials, audit ------------------------------------------
+
+_PRODUCT = (
+    "SELECT sku, name, brand, currency, price_minor, face_value_minor,"
+    " instant_delivery_supported, details FROM products"
+)
+PRODUCTS = (
+    Statement("SELECT count(*) FROM products"),
+    Statement(_PRODUCT + " ORDER BY sku LIMIT :limit OFFSET :offset"),
+)
+PRODUCTS_BY_SKU = (
+    Statement("SELECT count(*) FROM products WHERE sku = ANY(:skus)"),
+    Statement(_PRODUCT + " WHERE sku = ANY(:skus) ORDER BY sku LIMIT :limit OFFSET :offset"),
+)
+PRODUCT_CURRENCIES = Statement("SELECT DISTINCT currency FROM products ORDER BY currency")
+KNOWN_SKUS = Statement("SELECT sku FROM products WHERE sku = ANY(:skus)")
+CREDENTIALS = Statement(
+    "SELECT api_key, account_id, secret_hash, disabled_at_us IS NULL AS active"
+    " FROM api_keys WHERE api_key = :api_key"
+)
+API_KEY_ACTIVE = Statement(
+    "SELECT 1 FROM api_keys WHERE api_key = :api_key AND account_id = :account_id"
+    " AND disabled_at_us IS NULL"
+)
+INSERT_AUDIT = Statement(
+    "INSERT INTO audit (at_us, event, account_id, api_key, request_id, transaction_id, details)"
+    " VALUES (:at, :event, :account_id, :api_key, :request_id, :transaction_id, :details)"
+)
+AUDIT_TRAIL = Statement(
+    "SELECT at_us, event, account_id, api_key, request_id, transaction_id, details FROM audit"
+    " WHERE account_id = :account_id AND at_us >= :since ORDER BY id"
+)
+
+# --- administration ----------------------------------------------------------------
+
+#: On PostgreSQL the account's row lock serializes its key creations, so that
+#: counting its active keys holds until the new one is added.
+ACCOUNT = Statement("SELECT id FROM accounts WHERE id = :account_id {for_update}")
+INSERT_ACCOUNT = Statement(
+    "INSERT INTO accounts (name, created_at_us) VALUES (:name, :at) RETURNING id"
+)
+ACTIVE_KEYS = Statement(
+    "SELECT count(*) FROM api_keys WHERE account_id = :account_id AND disabled_at_us IS NULL"
+)
+INSERT_API_KEY = Statement(
+    "INSERT INTO api_keys (api_key, account_id, secret_hash, created_at_us)"
+    " VALUES (:api_key, :account_id, :secret_hash, :at)"
+)
+DISABLE_API_KEY = Statement(
+    "UPDATE api_keys SET disabled_at_us = :at"
+    " WHERE api_key = :api_key AND disabled_at_us IS NULL RETURNING account_id"
+)
+UPSERT_PRODUCT = Statement(
+    "INSERT INTO products (sku, name, brand, currency, price_minor, face_value_minor,"
+    " instant_delivery_supported, details)"
+    " VALUES (:sku, :name, :brand, :currency, :price_minor, :face_value_minor,"
+    " :instant_delivery_supported, :details)"
+    " ON CONFLICT (sku) DO UPDATE SET name = excluded.name, brand = excluded.brand,"
+    " currency = excluded.currency, price_minor = excluded.price_minor,"
+    " face_value_minor = excluded.face_value_minor,"
+    " instant_delivery_supported = excluded.instant_delivery_supported,"
+    " details = excluded.details"
+)
+UPSERT_RATE = Statement(
+    "INSERT INTO rates (base, quote, rate, as_of, updated_at_us)"
+    " VALUES (:base, :quote, :rate, :as_of, :at)"
+    " ON CONFLICT (base, quote) DO UPDATE SET rate = excluded.rate,"
+    " as_of = excluded.as_of, updated_at_us = excluded.updated_at_us"
+)
+#: The ids of `count` new codes, drawn before the insert because each sealed
+#: value names its row. PostgreSQL draws from the sequence, safe with other
+#: writers; SQLite's writers are serialized, so the next ids are free.
+NEW_CODE_IDS = Statement.differing(
+    sqlite="WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :count)"
+    " SELECT (SELECT coalesce(max(id), 0) FROM codes) + i FROM n",
+    postgres="SELECT nextval(pg_get_serial_sequence('codes', 'id'))"
+    " FROM generate_series(1, :count)",
+)
+INSERT_CODE = Statement(
+    "INSERT INTO codes (id, sku, fingerprint, redeem_code, pin_code, key_id, added_at_us)"
+    " VALUES (:id, :sku, :fingerprint, :redeem_code, :pin_code, :key_id, :at)"
+)
+CODES_TO_RESEAL = Statement(
+    "SELECT id, key_id, redeem_code, pin_code FROM codes WHERE key_id <> :active_key_id"
+    " ORDER BY id LIMIT :limit {skip_locked}"
+)
+RESEAL_CODE = Statement(
+    "UPDATE codes SET redeem_code = :redeem_code, pin_code = :pin_code, key_id = :key_id"
+    " WHERE id = :id"
+)

@@ -1,0 +1,428 @@
+"""The stores' transactions, each written once for both backends.
+
+A transaction is a generator: it yields each query (statements.py), receives
+its result, and returns its own. The backend runs it: SQLite in one call on
+its database thread, PostgreSQL on a pooled connection inside BEGIN/COMMIT.
+So the sequence of statements of every change, and every row conversion,
+exists once, and a transaction holds no I/O of its own.
+
+A transaction reports outcomes and keeps invariants; the rules that decide
+anything are the domain's, passed in (`decide`) or applied to what it returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from datetime import datetime
+from itertools import groupby
+from typing import Any
+
+from server.domain.clock import micros
+from server.domain.failures import DataConflict
+from server.domain.models import (
+    AuditEvent,
+    AuditRecord,
+    DeliveredCode,
+    InstantOrderRequest,
+    LedgerKind,
+    Order,
+    OrderStatus,
+)
+from server.domain.money import Money
+from server.domain.orders import (
+    BalanceSpent,
+    DuplicateOf,
+    NewOrder,
+    OrderFacts,
+    OrderOutcome,
+    OrderPlan,
+    Placed,
+    Refused,
+    rate_pair,
+)
+from server.domain.ports import Dataset, NewCode
+from server.keys import CodeCipher
+from server.store import statements as sql
+from server.store.rows import (
+    SealedCode,
+    audit_params,
+    balances_from_rows,
+    order_from_row,
+    priced_product,
+    product_params,
+    rate_from_row,
+    rate_params,
+)
+from server.store.sql import Query, Rollback, Unit
+
+Decide = Callable[[OrderFacts], OrderPlan | Refused]
+
+
+def one(query: Query) -> Unit[Any]:
+    """A transaction of one query."""
+    return (yield query)
+
+
+# --- orders ------------------------------------------------------------------------
+
+
+def get_order(account_id: int, transaction_id: str, cipher: CodeCipher) -> Unit[Order | None]:
+    row = yield sql.ORDER_BY_TRANSACTION_ID.row(
+        transaction_id=transaction_id, account_id=account_id
+    )
+    return None if row is None else order_from_row(row, cipher)
+
+
+def place_instant_order(
+    new_order: NewOrder, decide: Decide, cipher: CodeCipher
+) -> Unit[OrderOutcome]:
+    """Reads the facts, lets the rules decide and applies their plan, in one transaction."""
+    facts = yield from order_facts(new_order.caller.account_id, new_order.request)
+    decision = decide(facts)
+    if isinstance(decision, Refused):
+        return decision
+    return (yield from apply_order_plan(new_order, decision, cipher))
+
+
+def order_facts(account_id: int, request: InstantOrderRequest) -> Unit[OrderFacts]:
+    product_row = yield sql.PRICED_PRODUCT.row(sku=request.sku)
+    product = None if product_row is None else priced_product(product_row)
+    balances = balances_from_rows((yield sql.BALANCES.rows(account_id=account_id)))
+    rates = {}
+    pair = rate_pair(request, product)
+    if pair is not None:
+        rate_row = yield sql.RATE.row(base=pair[0], quote=pair[1])
+        if rate_row is not None:
+            rates[pair] = rate_from_row(rate_row)
+    holder = None
+    if request.client_order_number:
+        holder = yield sql.CLIENT_ORDER_NUMBER_HOLDER.value(
+            account_id=account_id, client_order_number=request.client_order_number
+        )
+    return OrderFacts(product, balances, rates, holder)
+
+
+def apply_order_plan(
+    new_order: NewOrder, plan: OrderPlan, cipher: CodeCipher
+) -> Unit[OrderOutcome]:
+    """Claims the clientOrderNumber, debits, takes a code unless orders wait for the
+    SKU, and records the order with its ledger and audit rows. PostgreSQL runs the
+    same statements in one call (place_instant_order in schema.py)."""
+    request, price = new_order.request, plan.unit_price
+    number = {
+        "account_id": new_order.caller.account_id,
+        "client_order_number": request.client_order_number,
+    }
+    if request.client_order_number:
+        claimed = yield sql.CLAIM_CLIENT_ORDER_NUMBER.value(
+            **number, transaction_id=new_order.transaction_id
+        )
+        if claimed is None and request.dup_check:
+            return DuplicateOf((yield sql.CLIENT_ORDER_NUMBER_HOLDER.value(**number)))
+    left = yield sql.DEBIT.value(
+        account_id=new_order.caller.account_id, currency=price.currency, amount_minor=price.minor
+    )
+    if left is None:
+        raise Rollback(BalanceSpent(price))
+    code_row = yield sql.CODE_FOR_NEW_ORDER.row(sku=request.sku)
+    status = OrderStatus.PROCESSING if code_row is None else OrderStatus.COMPLETED
+    stock_id = yield sql.INSERT_ORDER.value(**order_params(new_order, plan, status))
+    at = micros(new_order.at)
+    yield from ledger(new_order.caller.account_id, -price, LedgerKind.ORDER, stock_id, at)
+    yield from audit_order(
+        new_order, AuditEvent.ORDER_CREATED, sku=request.sku, status=status.value
+    )
+    code = None
+    if code_row is not None:
+        sealed = SealedCode.from_row(code_row)
+        yield sql.SELL_CODE.run(order_id=stock_id, code_id=sealed.id)
+        yield from audit_order(new_order, AuditEvent.ORDER_COMPLETED, stockId=str(stock_id))
+        code = sealed.opened(cipher)
+    return Placed(as_placed(new_order, plan, stock_id, status, code))
+
+
+def order_params(new_order: NewOrder, plan: OrderPlan, status: OrderStatus) -> dict[str, Any]:
+    """INSERT_ORDER's parameters: the columns of a new order."""
+    request = new_order.request
+    return {
+        "transaction_id": new_order.transaction_id,
+        "account_id": new_order.caller.account_id,
+        "client_order_number": request.client_order_number,
+        "sku": request.sku,
+        "status": status.value,
+        "pay_currency": plan.unit_price.currency,
+        "unit_price_minor": plan.unit_price.minor,
+        "original_currency": plan.unit_price_original.currency,
+        "unit_price_original_minor": plan.unit_price_original.minor,
+        "fx_rate": None if plan.fx is None else str(plan.fx.rate),
+        "fx_as_of": None if plan.fx is None else plan.fx.as_of,
+        "at": micros(new_order.at),
+    }
+
+
+def audit_order(new_order: NewOrder, event: AuditEvent, **details: str) -> Unit[None]:
+    caller = new_order.caller
+    record = AuditRecord(
+        at=new_order.at,
+        event=event,
+        account_id=caller.account_id,
+        api_key=caller.api_key,
+        request_id=caller.request_id,
+        transaction_id=new_order.transaction_id,
+        details=details,
+    )
+    yield sql.INSERT_AUDIT.run(**audit_params(record))
+
+
+def as_placed(
+    new_order: NewOrder,
+    plan: OrderPlan,
+    stock_id: int,
+    status: OrderStatus,
+    code: DeliveredCode | None,
+) -> Order:
+    """The order just placed, as its client gets it back."""
+    return Order(
+        stock_id=stock_id,
+        transaction_id=new_order.transaction_id,
+        client_order_number=new_order.request.client_order_number,
+        sku=new_order.request.sku,
+        status=status,
+        unit_price=plan.unit_price,
+        unit_price_original=plan.unit_price_original,
+        fx=plan.fx,
+        created_at=new_order.at,
+        code=code,
+    )
+
+
+def orders_page(
+    account_id: int,
+    transaction_id: str,
+    client_order_number: str,
+    limit: int,
+    offset: int,
+    cipher: CodeCipher,
+) -> Unit[tuple[list[Order], int]]:
+    """A page of the account's orders, newest first, and how many match in all."""
+    count, page = sql.ORDERS_OF_ACCOUNT[bool(transaction_id), bool(client_order_number)]
+    where = {
+        "account_id": account_id,
+        "transaction_id": transaction_id,
+        "client_order_number": client_order_number,
+    }
+    total = yield count.value(**where)
+    rows = yield page.rows(**where, limit=limit, offset=offset)
+    return [order_from_row(row, cipher) for row in rows], total
+
+
+# --- fulfillment -------------------------------------------------------------------
+
+
+def waiting_orders(skus: Collection[str], limit: int, cipher: CodeCipher) -> Unit[list[Order]]:
+    rows = yield sql.WAITING_ORDERS.rows(skus=list(skus), limit=limit)
+    return [order_from_row(row, cipher) for row in rows]
+
+
+def complete_from_stock(stock_ids: Sequence[int], now: datetime) -> Unit[list[str]]:
+    """Claims the orders still PROCESSING and the oldest unsold codes of their SKUs
+    (on PostgreSQL skipping rows another fulfiller holds), pairs them oldest with
+    oldest, and completes the pairs; returns the transaction ids completed."""
+    claimed = yield sql.CLAIM_WAITING_ORDERS.rows(ids=list(stock_ids))
+    pairs: list[tuple[int, int]] = []  # (order, code)
+    by_sku = sorted(claimed, key=lambda row: row["sku"])  # stable: oldest first per SKU
+    for sku, group in groupby(by_sku, key=lambda row: row["sku"]):
+        order_ids = [row["id"] for row in group]
+        code_ids = yield sql.CLAIM_UNSOLD_CODES.column(sku=sku, count=len(order_ids))
+        pairs += zip(order_ids, code_ids, strict=False)
+    if not pairs:
+        return []
+    finished = yield from finish([order_id for order_id, _ in pairs], OrderStatus.COMPLETED, now)
+    yield sql.SELL_CODE.many({"order_id": order, "code_id": code} for order, code in pairs)
+    return [row["transaction_id"] for row in sorted(finished, key=lambda row: row["id"])]
+
+
+def cancel_overdue(created_before: datetime, now: datetime, limit: int) -> Unit[list[str]]:
+    """Cancels the oldest overdue PROCESSING orders, each with its refund; returns
+    their transaction ids."""
+    overdue = yield sql.CLAIM_OVERDUE_ORDERS.column(before=micros(created_before), limit=limit)
+    if not overdue:
+        return []
+    cancelled = yield from finish(overdue, OrderStatus.CANCELLED, now)
+    at = micros(now)
+    # Balances are locked in one order by everyone, so refunds cannot deadlock.
+    for row in sorted(cancelled, key=lambda row: (row["account_id"], row["pay_currency"])):
+        refund = Money.from_minor(row["unit_price_minor"], row["pay_currency"])
+        yield from credit(row["account_id"], refund, at, LedgerKind.REFUND, row["id"])
+    position = {order_id: index for index, order_id in enumerate(overdue)}
+    return [row["transaction_id"] for row in sorted(cancelled, key=lambda r: position[r["id"]])]
+
+
+def finish(order_ids: list[int], status: OrderStatus, now: datetime) -> Unit[list[Any]]:
+    """PROCESSING -> `status`, with the fulfiller's audit rows; returns the rows changed."""
+    finished = yield sql.FINISH_ORDERS.rows(ids=order_ids, status=status.value, at=micros(now))
+    event = (
+        AuditEvent.ORDER_COMPLETED
+        if status is OrderStatus.COMPLETED
+        else AuditEvent.ORDER_CANCELLED
+    )
+    records = (
+        AuditRecord(
+            at=now,
+            event=event,
+            account_id=row["account_id"],
+            transaction_id=row["transaction_id"],
+            details={"by": "fulfiller"},
+        )
+        for row in finished
+    )
+    yield sql.INSERT_AUDIT.many(audit_params(record) for record in records)
+    return list(finished)
+
+
+# --- money -------------------------------------------------------------------------
+
+
+def credit(
+    account_id: int, amount: Money, at: int, kind: LedgerKind, order_id: int | None = None
+) -> Unit[Money]:
+    """Adds to the balance (creating it) with its ledger row; returns the new balance."""
+    minor = yield sql.CREDIT.value(
+        account_id=account_id, currency=amount.currency, amount_minor=amount.minor
+    )
+    if amount.minor:
+        yield from ledger(account_id, amount, kind, order_id, at)
+    return Money.from_minor(minor, amount.currency)
+
+
+def ledger(
+    account_id: int, change: Money, kind: LedgerKind, order_id: int | None, at: int
+) -> Unit[None]:
+    """The ledger row of a balance change (negative for a debit)."""
+    yield sql.INSERT_LEDGER.run(
+        account_id=account_id,
+        currency=change.currency,
+        amount_minor=change.minor,
+        kind=kind.value,
+        order_id=order_id,
+        at=at,
+    )
+
+
+def top_up(account_id: int, amount: Money, now: datetime) -> Unit[Money]:
+    yield from _existing_account(account_id)
+    return (yield from credit(account_id, amount, micros(now), LedgerKind.TOP_UP))
+
+
+# --- administration ----------------------------------------------------------------
+
+
+def create_api_key(
+    account_id: int, api_key: str, secret_hash: str, now: datetime, max_active: int
+) -> Unit[None]:
+    yield from _existing_account(account_id)
+    active = yield sql.ACTIVE_KEYS.value(account_id=account_id)
+    if active >= max_active:
+        raise DataConflict(
+            f"account {account_id} has {active} active keys already: disable one first"
+        )
+    yield from insert_api_key(account_id, api_key, secret_hash, now)
+
+
+def insert_api_key(account_id: int, api_key: str, secret_hash: str, now: datetime) -> Unit[None]:
+    yield sql.INSERT_API_KEY.run(
+        api_key=api_key, account_id=account_id, secret_hash=secret_hash, at=micros(now)
+    )
+    created = AuditRecord(
+        at=now, event=AuditEvent.KEY_CREATED, account_id=account_id, api_key=api_key
+    )
+    yield sql.INSERT_AUDIT.run(**audit_params(created))
+
+
+def disable_api_key(api_key: str, now: datetime) -> Unit[int]:
+    account_id = yield sql.DISABLE_API_KEY.value(api_key=api_key, at=micros(now))
+    if account_id is None:
+        raise DataConflict("no active API key has that id")
+    disabled = AuditRecord(
+        at=now, event=AuditEvent.KEY_DISABLED, account_id=account_id, api_key=api_key
+    )
+    yield sql.INSERT_AUDIT.run(**audit_params(disabled))
+    return int(account_id)
+
+
+def load(dataset: Dataset, cipher: CodeCipher, now: datetime) -> Unit[list[int]]:
+    """Adds the dataset; returns the new accounts' ids in the dataset's order."""
+    at = micros(now)
+    account_ids = []
+    for account in dataset.accounts:
+        account_id = yield sql.INSERT_ACCOUNT.value(name=account.name, at=at).or_conflict(
+            f"an account named {account.name!r} exists already"
+        )
+        yield from insert_api_key(account_id, account.api_key, account.secret_hash, now)
+        for money in account.balances:
+            yield from credit(account_id, money, at, LedgerKind.TOP_UP)
+        account_ids.append(account_id)
+    for product in dataset.products:
+        yield sql.UPSERT_PRODUCT.run(**product_params(product))
+    yield from add_codes(dataset.codes, cipher, now)
+    for rate in dataset.rates:
+        yield sql.UPSERT_RATE.run(**rate_params(rate))
+    return account_ids
+
+
+def add_codes(codes: Sequence[NewCode], cipher: CodeCipher, now: datetime) -> Unit[int]:
+    """Adds the codes, sealed; a code already in stock would be sold twice, so it
+    refuses the whole list."""
+    if not codes:
+        return 0
+    skus = sorted({code.sku for code in codes})
+    known = yield sql.KNOWN_SKUS.column(skus=skus)
+    for sku in skus:
+        if sku not in known:
+            raise DataConflict(f"no product has SKU {sku!r}")
+    ids = yield sql.NEW_CODE_IDS.column(count=len(codes))
+    rows = [
+        _code_params(code_id, code, cipher, micros(now))
+        for code_id, code in zip(ids, codes, strict=True)
+    ]
+    for sku, group in groupby(sorted(rows, key=lambda row: row["sku"]), lambda row: row["sku"]):
+        yield sql.INSERT_CODE.many(group).or_conflict(f"a code for SKU {sku!r} is already in stock")
+    return len(codes)
+
+
+def _code_params(code_id: int, code: NewCode, cipher: CodeCipher, at: int) -> dict[str, Any]:
+    redeem_code, pin_code = cipher.seal_code(code_id, code.redeem_code, code.pin_code)
+    return {
+        "id": code_id,
+        "sku": code.sku,
+        "fingerprint": cipher.fingerprint(code.sku, code.redeem_code),
+        "redeem_code": redeem_code,
+        "pin_code": pin_code,
+        "key_id": cipher.active_key_id,
+        "at": at,
+    }
+
+
+def reseal_codes(cipher: CodeCipher, limit: int) -> Unit[int]:
+    """Re-encrypts up to `limit` codes not sealed with the active data key."""
+    active = cipher.active_key_id
+    rows = yield sql.CODES_TO_RESEAL.rows(active_key_id=active, limit=limit)
+    resealed = []
+    for row in rows:
+        code = SealedCode.from_row(row)
+        opened = code.opened(cipher)
+        redeem_code, pin_code = cipher.seal_code(code.id, opened.redeem_code, opened.pin_code)
+        resealed.append(
+            {"id": code.id, "redeem_code": redeem_code, "pin_code": pin_code, "key_id": active}
+        )
+    yield sql.RESEAL_CODE.many(resealed)
+    return len(rows)
+
+
+def record_audit(record: AuditRecord) -> Unit[None]:
+    yield sql.INSERT_AUDIT.run(**audit_params(record))
+
+
+def _existing_account(account_id: int) -> Unit[None]:
+    if (yield sql.ACCOUNT.value(account_id=account_id)) is None:
+        raise DataConflict(f"no account has id {account_id}")

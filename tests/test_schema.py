@@ -1,0 +1,65 @@
+"""One schema for both backends: databases of the previous release open and keep
+working, and PostgreSQL's routines follow the statements they are made of."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+
+from server.domain.errors import ApiError
+from server.domain.models import InstantOrderRequest
+from server.domain.service import InstantOrdersService
+from server.settings import is_postgres
+from server.store.schema import ROUTINES, SCHEMA_VERSION
+from tests.databases import one, query
+from tests.helpers import open_store, signing_key
+
+STEAM = "8PX-UF-Y5U"
+
+
+def make_it_the_previous_release(database: str) -> None:
+    """The previous release's schema: SQLite at version 4, without the table of
+    clientOrderNumbers; PostgreSQL numbered 1, its order function an older one."""
+    if not is_postgres(database):
+        query(database, "DELETE FROM client_order_numbers")
+        query(database, "PRAGMA user_version = 4")
+        return
+    query(database, "UPDATE schema_version SET version = 1")
+    query(database, "DROP TABLE schema_routines")
+    stale = re.sub(
+        r"BEGIN\n.*END \$\$;",
+        "BEGIN RAISE EXCEPTION 'the old function'; END $$;",
+        ROUTINES["place_instant_order"].definition.replace(
+            "CREATE FUNCTION", "CREATE OR REPLACE FUNCTION"
+        ),
+        flags=re.DOTALL,
+    )
+    query(database, stale)
+
+
+async def test_a_database_of_the_previous_release_opens_and_keeps_its_orders_exact(
+    database, service, accounts, store
+):
+    acme = accounts["acme"]
+    caller = await service.authenticate(acme.api_key, f"Bearer {acme.token}", "")
+    first = await service.create_instant_order(caller, InstantOrderRequest(STEAM, "po-1"))
+    await service.create_instant_order(caller, InstantOrderRequest(STEAM, "po-1"))  # no check
+    make_it_the_previous_release(database)
+
+    reopened = await open_store(database)
+    try:
+        assert reopened.found_schema_version == (5 if is_postgres(database) else 4)
+        assert reopened.schema_version == SCHEMA_VERSION
+        migrated = InstantOrdersService(reopened, signing_key(database), timedelta(hours=1))
+        with pytest.raises(ApiError) as duplicate:
+            await migrated.create_instant_order(caller, InstantOrderRequest(STEAM, "po-1", True))
+        # The first order of the number holds it, as before the migration.
+        assert duplicate.value.metadata["transactionId"] == first.transaction_id
+        # On PostgreSQL, through the order function made anew: the old one raises.
+        placed = await migrated.create_instant_order(caller, InstantOrderRequest(STEAM, "po-2"))
+        assert placed.status.value == "PROCESSING"  # the two codes went to the first two
+    finally:
+        await reopened.close()
+    assert one(database, "SELECT count(*) FROM client_order_numbers") == 2

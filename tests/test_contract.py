@@ -6,7 +6,6 @@ import copy
 import json
 import os
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,23 +14,7 @@ import yaml
 from openapi_schema_validator import OAS30Validator, validate
 from openapi_spec_validator import validate as validate_spec
 
-ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_FILE = "shared/reference/ezcards-v2-openapi.yaml"
-
-
-def reference_candidates() -> list[Path]:
-    """Where the reference may be: $INSTANT_ORDERS_REFERENCE, beside this checkout (as
-    CI lays it out), or beside the local checkout this one was cloned from."""
-    candidates = [ROOT.parent / REFERENCE_FILE]
-    if os.environ.get("INSTANT_ORDERS_REFERENCE"):
-        candidates.insert(0, Path(os.environ["INSTANT_ORDERS_REFERENCE"]))
-    origin = subprocess.run(
-        ["git", "-C", str(ROOT), "config", "--get", "remote.origin.url"],
-        capture_output=True, text=True, check=False,
-    ).stdout.strip()  # fmt: skip
-    if origin and Path(origin).is_dir():
-        candidates.append(Path(origin).resolve().parent / REFERENCE_FILE)
-    return candidates
+from tests.contract import vendor
 
 
 def inline_refs(node: Any, document: dict[str, Any]) -> Any:
@@ -66,14 +49,20 @@ def event_data(text: str) -> list[Any]:
 
 @pytest.fixture(scope="module")
 def reference() -> dict[str, Any]:
-    found = [path for path in reference_candidates() if path.exists()]
-    if not found:
-        pytest.fail(f"the reference transcription is missing: {reference_candidates()}")
-    document = yaml.safe_load(found[0].read_text())
-    # Erratum decided in shared/reference/README.md: PINs are strings.
-    pin = document["components"]["schemas"]["CodeResponse"]["properties"]["pinCode"]
-    pin["type"] = "string"
-    return document
+    """The vendor's API as this project keeps it (tests/contract/vendor-api-v2.json)."""
+    return vendor.load()
+
+
+def test_the_kept_contract_is_derived_from_the_reference():
+    """The file the contract tests read is what the reference says today, when the
+    reference lies beside this checkout (a lone clone tests against the file alone)."""
+    source = Path(os.environ.get("INSTANT_ORDERS_REFERENCE", vendor.REFERENCE))
+    if not source.exists():
+        pytest.skip(f"no reference at {source}: the kept contract is used as it is")
+    derived = vendor.derive(yaml.safe_load(source.read_text()))
+    assert json.loads(vendor.CONTRACT.read_text()) == derived, (
+        "tests/contract/vendor-api-v2.json is stale: python -m tests.contract.vendor"
+    )
 
 
 async def exercise_every_route(http, accounts) -> list[tuple[str, str, int, Any]]:

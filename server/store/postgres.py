@@ -49,7 +49,7 @@ from server.store.base import SqlStore
 from server.store.common import RestockSignal, SchemaTooNew
 from server.store.rows import SealedCode, balances_from_rows, priced_product, rate_from_row
 from server.store.schema import LEGACY_VERSIONS, ROUTINES, SCHEMA_VERSION, migrate
-from server.store.sql import Dialect, Query, Returns, Rollback, Statement, Unit
+from server.store.sql import Dialect, Query, Returns, Rollback, Statement, Unit, advance
 from server.store.transactions import Decide, as_placed, one, order_params
 
 P = ParamSpec("P")
@@ -94,9 +94,9 @@ class PoolSettings:
 class PostgresStore(SqlStore):
     def __init__(
         self,
-        pool: asyncpg.Pool,
         cipher: CodeCipher,
         found_schema_version: int,
+        pool: asyncpg.Pool,
         notifications: _Notifications,
         settings: PoolSettings,
     ) -> None:
@@ -141,7 +141,7 @@ class PostgresStore(SqlStore):
         except BaseException:
             await pool.close()
             raise
-        return cls(pool, cipher, found, notifications, settings)
+        return cls(cipher, found, pool, notifications, settings)
 
     async def close(self) -> None:
         await self._notifications.stop()
@@ -245,13 +245,10 @@ def _order_facts(row: Any) -> OrderFacts:
 
 async def run(db: Connection, transaction: Unit[T]) -> T:
     """Runs a transaction's queries on the connection; returns what it returns."""
-    result = None
-    while True:
-        try:
-            query = transaction.send(result)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        result = await _execute(db, query)
+    step = advance(transaction, None)
+    while isinstance(step, Query):
+        step = advance(transaction, await _execute(db, step))
+    return step.value
 
 
 async def _execute(db: Connection, query: Query) -> Any:

@@ -19,7 +19,7 @@ import re
 from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, Generic, TypeAlias, TypeVar
 
 T = TypeVar("T")
 
@@ -154,6 +154,20 @@ class Rollback(Exception):
 
 #: A unit of work: yields queries, receives their results, returns its own.
 Unit: TypeAlias = Generator[Query, Any, T]
+
+
+@dataclass(frozen=True)
+class Finished(Generic[T]):
+    value: T
+
+
+def advance(transaction: Unit[T], result: Any) -> Query | Finished[T]:
+    """Sends the transaction the result of its last query (None to start it); returns
+    its next query, or what it returned. A backend loops on this until Finished."""
+    try:
+        return transaction.send(result)
+    except StopIteration as done:
+        return Finished(done.value)
 
 
 def script(text: str, dialect: Dialect) -> str:

@@ -26,7 +26,7 @@ from server.store.base import SqlStore
 from server.store.batches import Batcher, in_thread, read_batch, write_batch
 from server.store.common import RestockSignal, SchemaTooNew
 from server.store.schema import SCHEMA_VERSION, migrate
-from server.store.sql import Dialect, Query, Returns, Rollback, Unit
+from server.store.sql import Dialect, Query, Returns, Rollback, Unit, advance
 
 T = TypeVar("T")
 
@@ -34,14 +34,13 @@ T = TypeVar("T")
 class SqliteStore(SqlStore):
     def __init__(
         self,
-        writer: aiosqlite.Connection,
-        reader: aiosqlite.Connection,
         cipher: CodeCipher,
         found_schema_version: int,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
     ) -> None:
         super().__init__(cipher, found_schema_version)
-        self._writer = writer
-        self._reader = reader
+        self._writer, self._reader = writer, reader
         self._restocked = RestockSignal()
         self._writes = Batcher(writer, write_batch)
         self._reads = Batcher(reader, read_batch)
@@ -62,7 +61,7 @@ class SqliteStore(SqlStore):
         except BaseException:
             await writer.close()
             raise
-        return cls(writer, reader, cipher, found_version)
+        return cls(cipher, found_version, writer, reader)
 
     async def close(self) -> None:
         await self._writes.close()
@@ -90,13 +89,10 @@ class SqliteStore(SqlStore):
 
 def run(db: sqlite3.Connection, transaction: Unit[T]) -> T:
     """Runs a transaction's queries on the connection; returns what it returns."""
-    result = None
-    while True:
-        try:
-            query = transaction.send(result)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        result = _execute(db, query)
+    step = advance(transaction, None)
+    while isinstance(step, Query):
+        step = advance(transaction, _execute(db, step))
+    return step.value
 
 
 def _execute(db: sqlite3.Connection, query: Query) -> Any:

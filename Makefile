@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install proto lint test run bench bench-scaleout bench-tools clean
+.PHONY: install proto fmt lint test run bench bench-scaleout bench-tools clean
 
 install: $(INSTALLED)
 
@@ -17,10 +17,14 @@ proto: $(INSTALLED)
 	rm -rf generated/instantorders
 	$(BIN)/python protos/generate.py generated
 
+fmt: $(INSTALLED)
+	$(BIN)/ruff check --fix server gateway tests protos bench
+	$(BIN)/ruff format server gateway tests protos bench
+
 lint: $(INSTALLED)
 	$(BIN)/ruff check server gateway tests protos bench
 	$(BIN)/ruff format --check server gateway tests protos bench
-	$(BIN)/mypy server gateway bench
+	$(BIN)/mypy server gateway bench tests
 
 test: lint
 	$(BIN)/pytest

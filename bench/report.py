@@ -4,11 +4,24 @@ file and a picture under bench/results/."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from bench.run import Scenario
+from bench.load import median
+
+
+@dataclass
+class Scenario:
+    """A named load, measured `runs` times: each run's load and service cost."""
+
+    name: str
+    ceiling: str | None
+    runs: list[dict[str, float]]
+
+    def median(self, key: str) -> float:
+        return median([run[key] for run in self.runs])
+
 
 HEADER = (
     "| scenario | req/s | vs ceiling | p50 ms | p99 ms | p99.9 ms | p99 vs ceiling "

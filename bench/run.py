@@ -37,6 +37,7 @@ from bench.processes import (
     wait_for_grpc,
     wait_for_http,
 )
+from bench.report import Scenario
 from server.domain.admin import load_dataset
 from server.domain.ports import NewCode
 from server.keys import CodeCipher
@@ -66,18 +67,6 @@ class Options:
     warmup_seconds: int
     stored_orders: int
     memory_orders: int
-
-
-@dataclass
-class Scenario:
-    """A named load, measured `runs` times: each run's load and service cost."""
-
-    name: str
-    ceiling: str | None
-    runs: list[dict[str, float]]
-
-    def median(self, key: str) -> float:
-        return median([run[key] for run in self.runs])
 
 
 class Bench:

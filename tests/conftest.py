@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import datetime, timedelta
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.app import HTTP_LIMITS, GatewaySettings, create_app
 from server.domain import admin
 from server.domain.clock import utc_now
-from server.domain.fulfillment import BATCH_SIZE, Fulfiller, InventorySource
+from server.domain.fulfillment import Fulfiller
 from server.domain.limits import DEFAULT_LIMITS, Limits
 from server.domain.ports import Store
 from server.domain.service import InstantOrdersService
@@ -29,47 +29,10 @@ from tests.databases import (
     new_postgres_schema,
     postgres_unreachable,
 )
-from tests.helpers import open_store, signing_key
+from tests.helpers import DATASET, make_fulfiller, open_store, signing_key
+from tests.processes import release_all
 
 BACKENDS = ("sqlite", "postgresql")
-
-#: The catalogue of the tests: the reference's SKUs and its EUR/USD example.
-DATASET: dict[str, Any] = {
-    "accounts": [
-        {"name": "acme", "balances": {"USD": "100.00"}},
-        {"name": "globex", "balances": {"USD": "50.00", "EUR": "20.00"}},
-    ],
-    "products": [
-        {"sku": "8PX-UF-Y5U", "name": "Steam USD 10", "brand": "Steam", "currency": "USD",
-         "price": "9.75", "faceValue": "10.00", "instantDeliverySupported": True},
-        {"sku": "TTR-WI-YWN", "name": "Google Play EUR 10", "brand": "Google Play",
-         "currency": "EUR", "price": "9.70", "faceValue": "10.00",
-         "instantDeliverySupported": True},
-        {"sku": "ELX-BF-85S", "name": "Xbox GBP 25", "brand": "Xbox", "currency": "GBP",
-         "price": "24.10", "faceValue": "25.00", "instantDeliverySupported": False},
-        {"sku": "JPY-NT-1000", "name": "Nintendo JPY 1000", "brand": "Nintendo",
-         "currency": "JPY", "price": "950", "faceValue": "1000",
-         "instantDeliverySupported": True},
-    ],
-    "codes": [
-        {"sku": "8PX-UF-Y5U", "redeemCode": "STEAM-0001", "pinCode": "0042"},
-        {"sku": "8PX-UF-Y5U", "redeemCode": "STEAM-0002", "pinCode": "1234"},
-        {"sku": "TTR-WI-YWN", "redeemCode": "PLAY-0001"},
-    ],
-    "rates": [
-        {"pair": "EUR/USD", "rate": "1.1829", "asOfDate": "2025-10-06"},
-        {"pair": "USD/CAD", "rate": "1.4102", "asOfDate": "2025-10-06"},
-    ],
-}  # fmt: skip
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "sqlite_only: the test is about SQLite itself (its file, its pragmas)"
-    )
-    config.addinivalue_line(
-        "markers", "postgres_only: the test is about PostgreSQL (replicas, connections)"
-    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -95,6 +58,13 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     reason = postgres_unreachable()
     if reason:
         terminalreporter.write_line(f"PostgreSQL half SKIPPED: {reason}", yellow=True, bold=True)
+
+
+@pytest.fixture(autouse=True)
+def _processes_released() -> Iterator[None]:
+    """Every process a test starts is gone after it, with its pipes and log closed."""
+    yield
+    release_all()
 
 
 @pytest.fixture
@@ -167,26 +137,6 @@ async def http(channel: grpc.aio.Channel) -> AsyncIterator[TestClient[Any, Any]]
 def api(request: pytest.FixtureRequest, http: TestClient[Any, Any], channel: grpc.aio.Channel):
     """The API over each transport in turn."""
     return RestApi(http) if request.param == "rest" else GrpcApi(channel)
-
-
-def make_fulfiller(
-    store: Store,
-    service: InstantOrdersService | None = None,
-    timeout: timedelta = timedelta(days=1),
-    clock: Callable[[], datetime] = utc_now,
-    batch_size: int = BATCH_SIZE,
-) -> Fulfiller:
-    """A fulfiller on the local inventory; it tells `service`'s watchers what it changed."""
-    on_change = service.updates.notify if service else None
-    return Fulfiller(
-        store,
-        InventorySource(store),
-        timeout,
-        clock,
-        on_change,
-        poll_interval=0.05,
-        batch_size=batch_size,
-    )
 
 
 @pytest.fixture

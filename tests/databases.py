@@ -58,7 +58,7 @@ def query(database: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[A
     if is_postgres(database):
         base, _, schema = database.partition("?search_path=")
         with psycopg.connect(base, options=f"-c search_path={schema}") as db:
-            cursor = db.execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
+            cursor = db.execute(sql.replace("?", "%s"), params)
             return cursor.fetchall() if cursor.description else []
     import sqlite3
 

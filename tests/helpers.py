@@ -1,21 +1,72 @@
-"""Reading the database directly (either backend), to check what changed and what did not."""
+"""What the tests share: their dataset, a fulfiller, and reading the database
+directly (either backend) to check what changed and what did not."""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
-from datetime import timedelta
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from server.domain import admin
 from server.domain.clock import utc_now
+from server.domain.fulfillment import BATCH_SIZE, Fulfiller, InventorySource
 from server.domain.money import Money
 from server.domain.ports import NewCode, Store
 from server.domain.service import InstantOrdersService
 from server.keys import CodeCipher, load_or_create
 from server.store.backends import open_store as open_backend
 from tests.databases import key_file, one, query
+
+#: The catalogue of the tests: the reference's SKUs and its EUR/USD example.
+DATASET: dict[str, Any] = {
+    "accounts": [
+        {"name": "acme", "balances": {"USD": "100.00"}},
+        {"name": "globex", "balances": {"USD": "50.00", "EUR": "20.00"}},
+    ],
+    "products": [
+        {"sku": "8PX-UF-Y5U", "name": "Steam USD 10", "brand": "Steam", "currency": "USD",
+         "price": "9.75", "faceValue": "10.00", "instantDeliverySupported": True},
+        {"sku": "TTR-WI-YWN", "name": "Google Play EUR 10", "brand": "Google Play",
+         "currency": "EUR", "price": "9.70", "faceValue": "10.00",
+         "instantDeliverySupported": True},
+        {"sku": "ELX-BF-85S", "name": "Xbox GBP 25", "brand": "Xbox", "currency": "GBP",
+         "price": "24.10", "faceValue": "25.00", "instantDeliverySupported": False},
+        {"sku": "JPY-NT-1000", "name": "Nintendo JPY 1000", "brand": "Nintendo",
+         "currency": "JPY", "price": "950", "faceValue": "1000",
+         "instantDeliverySupported": True},
+    ],
+    "codes": [
+        {"sku": "8PX-UF-Y5U", "redeemCode": "STEAM-0001", "pinCode": "0042"},
+        {"sku": "8PX-UF-Y5U", "redeemCode": "STEAM-0002", "pinCode": "1234"},
+        {"sku": "TTR-WI-YWN", "redeemCode": "PLAY-0001"},
+    ],
+    "rates": [
+        {"pair": "EUR/USD", "rate": "1.1829", "asOfDate": "2025-10-06"},
+        {"pair": "USD/CAD", "rate": "1.4102", "asOfDate": "2025-10-06"},
+    ],
+}  # fmt: skip
+
+
+def make_fulfiller(
+    store: Store,
+    service: InstantOrdersService | None = None,
+    timeout: timedelta = timedelta(days=1),
+    clock: Callable[[], datetime] = utc_now,
+    batch_size: int = BATCH_SIZE,
+) -> Fulfiller:
+    """A fulfiller on the local inventory; it tells `service`'s watchers what it changed."""
+    on_change = service.updates.notify if service else None
+    return Fulfiller(
+        store,
+        InventorySource(store),
+        timeout,
+        clock,
+        on_change,
+        poll_interval=0.05,
+        batch_size=batch_size,
+    )
 
 
 async def open_store(database: str) -> Store:
@@ -149,8 +200,6 @@ async def acme_signed_in(
 ) -> tuple[int, dict[str, str]]:
     """Loads the tests' dataset, then tops acme up and stocks `codes` if given;
     returns acme's account id and bearer headers (for a server on this database)."""
-    from tests.conftest import DATASET  # conftest imports this module
-
     store = await open_store(database)
     try:
         (acme, _) = await admin.load_dataset(store, copy.deepcopy(DATASET), utc_now())

@@ -17,6 +17,8 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
 _LOGS: dict[int, IO[str]] = {}
+#: The processes the running test started, released after it (see `release_all`).
+_STARTED: list[subprocess.Popen[str]] = []
 
 
 def command(*args: str) -> list[str]:
@@ -43,7 +45,20 @@ def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
     _LOGS[process.pid] = log
+    _STARTED.append(process)
     return process
+
+
+def release_all() -> None:
+    """Kills what the test left running and closes every pipe and log it opened."""
+    while _STARTED:
+        process = _STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stdout:
+            process.stdout.close()
+        _LOGS.pop(process.pid).close()
 
 
 def log_of(process: subprocess.Popen[str]) -> str:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from typing import Any
 
 from server.domain.service import InstantOrdersService
-from tests.conftest import DATASET
 from tests.databases import (
     latest_schema_version,
     one,
@@ -15,6 +15,7 @@ from tests.databases import (
     stored_schema_version,
 )
 from tests.helpers import (
+    DATASET,
     assert_invariants,
     database_args,
     open_store,
@@ -40,7 +41,7 @@ def count(database: str, table: str) -> int:
     return int(one(database, f"SELECT count(*) FROM {table}"))
 
 
-def load(tmp_path, database: str, document) -> dict:
+def load(tmp_path, database: str, document) -> dict[str, Any]:
     result = admin(database, f"load {write(tmp_path, 'd.json', json.dumps(document))}")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)

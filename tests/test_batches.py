@@ -31,7 +31,7 @@ async def commits(store) -> AsyncIterator[list[str]]:
 
     await writer.set_trace_callback(trace)
     yield seen
-    await writer.set_trace_callback(None)
+    await writer.set_trace_callback(None)  # type: ignore[arg-type] # None: tracing off
 
 
 async def test_concurrent_orders_share_commits_and_a_refused_one_spoils_no_neighbour(

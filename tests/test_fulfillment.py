@@ -10,9 +10,14 @@ from server.domain.clock import utc_now
 from server.domain.models import AuditEvent, Caller, InstantOrderRequest, OrderStatus
 from server.domain.money import Money
 from server.domain.ports import NewCode, Store
-from tests.conftest import make_fulfiller
 from tests.databases import one, query
-from tests.helpers import assert_fulfillment_consistent, balance, open_store, sold_codes
+from tests.helpers import (
+    assert_fulfillment_consistent,
+    balance,
+    make_fulfiller,
+    open_store,
+    sold_codes,
+)
 from tests.processes import eventually
 
 ORDER = "CreateInstantOrder"

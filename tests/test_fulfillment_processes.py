@@ -21,9 +21,9 @@ from server.domain.models import Caller, InstantOrderRequest, OrderStatus
 from server.domain.money import Money
 from server.domain.service import InstantOrdersService
 from server.settings import is_postgres
-from tests.conftest import DATASET
 from tests.databases import query
 from tests.helpers import (
+    DATASET,
     assert_fulfillment_consistent,
     database_args,
     open_store,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 import grpc
 import pytest
@@ -19,7 +20,7 @@ async def post_order(http, account, raw: bytes | str, content_type="application/
     return await http.post(ORDERS, data=raw, headers=headers)
 
 
-async def assert_error(response, status: int, reason: str) -> dict:
+async def assert_error(response, status: int, reason: str) -> dict[str, Any]:
     assert response.status == status
     assert response.content_type == "application/json"
     body = await response.json()

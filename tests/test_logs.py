@@ -8,8 +8,7 @@ import aiohttp
 
 from server.logs import mask
 from server.store.backends import shown
-from tests.conftest import DATASET
-from tests.helpers import sold_codes
+from tests.helpers import DATASET, sold_codes
 from tests.processes import eventually, healthy, log_of, run_cli, start, stop, unused_port
 
 PIN = "PIN-8842-LOGS"

@@ -28,14 +28,13 @@ from server.domain.models import Caller, InstantOrderRequest, OrderFilter
 from server.domain.money import Money
 from server.domain.ports import NewCode, Store
 from server.domain.service import InstantOrdersService
-from tests.conftest import DATASET
 from tests.databases import (
     drop_postgres_schema,
     new_postgres_schema,
     postgres_unreachable,
     query,
 )
-from tests.helpers import assert_fulfillment_consistent, open_store, signing_key
+from tests.helpers import DATASET, assert_fulfillment_consistent, open_store, signing_key
 
 TIMEOUT = timedelta(hours=1)
 UNLIMITED = replace(DEFAULT_LIMITS, orders=Rate.parse("0"), reads=Rate.parse("0"))

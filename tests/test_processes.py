@@ -12,9 +12,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.demo import SESSION_MARKER
-from tests.conftest import DATASET
 from tests.databases import query
-from tests.helpers import database_args
+from tests.helpers import DATASET, database_args
 from tests.processes import eventually, healthy, log_of, run_cli, start, stop, unused_port
 
 
@@ -137,7 +136,7 @@ async def test_sigterm_turns_health_not_serving_before_stopping(tmp_path):
         stop(process)
 
 
-async def _order(session, api: str, headers: dict, number: str) -> tuple[int, str]:
+async def _order(session, api: str, headers: dict[str, str], number: str) -> tuple[int, str]:
     body = {"sku": "8PX-UF-Y5U", "clientOrderNumber": number}
     async with session.post(f"{api}/v2/orders/instant", json=body, headers=headers) as response:
         return response.status, number
@@ -150,7 +149,9 @@ def _dataset_file(tmp_path) -> str:
     return str(path)
 
 
-async def _auth_headers(session: aiohttp.ClientSession, api: str, account: dict) -> dict:
+async def _auth_headers(
+    session: aiohttp.ClientSession, api: str, account: dict[str, str]
+) -> dict[str, str]:
     form = {
         "grant_type": "client_credentials",
         "client_id": account["apiKey"],

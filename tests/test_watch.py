@@ -19,9 +19,7 @@ from server.domain.clock import utc_now
 from server.domain.models import Order
 from server.domain.ports import NewCode, Store
 from server.domain.service import InstantOrdersService
-from server.store.sqlite import SqliteStore
-from tests.conftest import make_fulfiller
-from tests.helpers import open_store, signing_key
+from tests.helpers import make_fulfiller, open_store, signing_key
 from tests.processes import eventually
 
 SKU = "TTR-WI-YWN"  # one code in stock
@@ -40,7 +38,7 @@ async def waiting_order(http, account) -> str:
     return str(order["transactionId"])
 
 
-async def restock(store: SqliteStore) -> None:
+async def restock(store: Store) -> None:
     await store.add_codes([NewCode(SKU, "PLAY-0002", None)], utc_now())
 
 

@@ -85,7 +85,10 @@ class Money:
         return Money(exact.quantize(minor_unit(currency), rounding=ROUND_CEILING), currency)
 
     def __neg__(self) -> Money:
-        return Money(-self.amount, self.currency)
+        negated = object.__new__(Money)  # already at the minor unit: skip the checks
+        object.__setattr__(negated, "amount", -self.amount)
+        object.__setattr__(negated, "currency", self.currency)
+        return negated
 
     def times(self, quantity: int) -> Money:
         return Money(self.amount * quantity, self.currency)

@@ -254,7 +254,7 @@ async def run(db: Connection, transaction: Unit[T]) -> T:
 async def _execute(db: Connection, query: Query) -> Any:
     if query.returns is Returns.SCRIPT:
         return await db.execute(query.statement.script_text(Dialect.POSTGRES))
-    compiled = query.statement.compiled(Dialect.POSTGRES)
+    compiled = query.statement.postgres
     try:
         if query.batch is not None:
             rows = [[params[name] for name in compiled.names] for params in query.batch]
@@ -268,7 +268,8 @@ async def _execute(db: Connection, query: Query) -> Any:
             return await db.fetchrow(compiled.text, *args)
         if query.returns is Returns.VALUE:
             return await db.fetchval(compiled.text, *args)
-        return await db.execute(compiled.text, *args)
+        status = await db.execute(compiled.text, *args)  # "UPDATE 1"
+        return int(status.rpartition(" ")[2]) if query.returns is Returns.COUNT else None
     except asyncpg.UniqueViolationError:
         if query.conflict:
             raise DataConflict(query.conflict) from None

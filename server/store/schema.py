@@ -337,7 +337,6 @@ LANGUAGE plpgsql AS $$
 -- No variable is named as a column: each :parameter becomes p_... or v_...
 DECLARE
     v_claimed text;
-    v_left bigint;
     v_status text;
     v_stock_id bigint;
 BEGIN
@@ -348,8 +347,8 @@ BEGIN
             RETURN;
         END IF;
     END IF;
-    {plpgsql(sql.DEBIT, **price)} INTO v_left;
-    IF v_left IS NULL THEN
+    {plpgsql(sql.DEBIT, **price)};
+    IF NOT FOUND THEN
         RAISE EXCEPTION 'the balance does not cover the order' USING ERRCODE = 'IO001';
     END IF;
     {plpgsql(sql.CODE_FOR_NEW_ORDER)}

@@ -17,9 +17,8 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Generator, Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from functools import cached_property
-from typing import Any, Generic, TypeAlias, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, NamedTuple, TypeAlias, TypeVar
 
 T = TypeVar("T")
 
@@ -59,20 +58,27 @@ _PARAMETER = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
 _ANY = re.compile(r"=\s*ANY\(:([a-z_][a-z0-9_]*)\)")
 
 
-@dataclass(frozen=True)
-class Compiled:
-    """A statement in one dialect: its text, and its parameters' names in the order
-    the driver binds them (PostgreSQL's $1, $2, ...; empty for SQLite's :names)."""
+class Compiled(NamedTuple):
+    """A statement in one dialect: its text; its parameters' names in the order the
+    driver binds them (PostgreSQL's $1, $2, ...; empty for SQLite's :names); and
+    the parameters that are lists (SQLite takes them as JSON text)."""
 
     text: str
     names: tuple[str, ...]
+    lists: tuple[str, ...]
 
 
-@dataclass(frozen=True, eq=False)
 class Statement:
-    text: str
-    #: The text per dialect, where the two cannot share one (see `differing`).
-    per_dialect: Mapping[Dialect, str] = field(default_factory=dict)
+    """One statement, compiled for each dialect when it is made (at import)."""
+
+    __slots__ = ("per_dialect", "postgres", "sqlite", "text")
+
+    def __init__(self, text: str, per_dialect: Mapping[Dialect, str] | None = None) -> None:
+        self.text = text
+        #: The text per dialect, where the two cannot share one (see `differing`).
+        self.per_dialect = per_dialect or {}
+        self.sqlite = _compile(self.per_dialect.get(Dialect.SQLITE, text), Dialect.SQLITE)
+        self.postgres = _compile(self.per_dialect.get(Dialect.POSTGRES, text), Dialect.POSTGRES)
 
     @classmethod
     def differing(cls, *, sqlite: str, postgres: str) -> Statement:
@@ -80,16 +86,11 @@ class Statement:
         return cls(sqlite, {Dialect.SQLITE: sqlite, Dialect.POSTGRES: postgres})
 
     def compiled(self, dialect: Dialect) -> Compiled:
-        return self._compiled[dialect]
+        return self.sqlite if dialect is Dialect.SQLITE else self.postgres
 
     def script_text(self, dialect: Dialect) -> str:
         """The text as a script in `dialect`: fragments filled in, lines kept."""
         return script(self.per_dialect.get(dialect, self.text), dialect)
-
-    @cached_property
-    def _compiled(self) -> dict[Dialect, Compiled]:
-        texts = {dialect: self.per_dialect.get(dialect, self.text) for dialect in Dialect}
-        return {dialect: _compile(text, dialect) for dialect, text in texts.items()}
 
     # What running it returns, as the query a unit of work yields.
     def rows(self, **params: Any) -> Query:
@@ -106,6 +107,10 @@ class Statement:
     def column(self, **params: Any) -> Query:
         """The first column of every row."""
         return Query(self, params, Returns.COLUMN)
+
+    def count(self, **params: Any) -> Query:
+        """How many rows it changed."""
+        return Query(self, params, Returns.COUNT)
 
     def run(self, **params: Any) -> Query:
         """Runs it for its effect alone."""
@@ -125,12 +130,15 @@ class Returns(enum.Enum):
     ROW = "row"
     VALUE = "value"
     COLUMN = "column"
+    COUNT = "count"
     NOTHING = "nothing"
     SCRIPT = "script"
 
 
-@dataclass(frozen=True)
-class Query:
+class Query(NamedTuple):
+    """A statement with its parameters and what running it returns. A tuple, not a
+    dataclass: a transaction makes several per order, and a tuple costs least."""
+
     statement: Statement
     params: Mapping[str, Any]
     returns: Returns
@@ -141,7 +149,7 @@ class Query:
 
     def or_conflict(self, message: str) -> Query:
         """The query, with a unique-key violation reported as DataConflict(message)."""
-        return replace(self, conflict=message)
+        return self._replace(conflict=message)
 
 
 class Rollback(Exception):
@@ -177,9 +185,9 @@ def script(text: str, dialect: Dialect) -> str:
 
 def _compile(text: str, dialect: Dialect) -> Compiled:
     text = " ".join(script(text, dialect).split())
+    lists = tuple(_ANY.findall(text))
     if dialect is Dialect.SQLITE:
-        text = _ANY.sub(r"IN (SELECT value FROM json_each(:\1))", text)
-        return Compiled(text, ())
+        return Compiled(_ANY.sub(r"IN (SELECT value FROM json_each(:\1))", text), (), lists)
     names: list[str] = []
 
     def number(match: re.Match[str]) -> str:
@@ -187,4 +195,4 @@ def _compile(text: str, dialect: Dialect) -> Compiled:
             names.append(match[1])
         return f"${names.index(match[1]) + 1}"
 
-    return Compiled(_PARAMETER.sub(number, text), tuple(names))
+    return Compiled(_PARAMETER.sub(number, text), tuple(names), lists)

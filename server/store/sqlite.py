@@ -96,41 +96,40 @@ def run(db: sqlite3.Connection, transaction: Unit[T]) -> T:
 
 
 def _execute(db: sqlite3.Connection, query: Query) -> Any:
-    statement = query.statement
-    if query.returns is Returns.SCRIPT:
+    statement, returns = query.statement, query.returns
+    if returns is Returns.SCRIPT:
         for text in _statements(statement.script_text(Dialect.SQLITE)):
             db.execute(text)
         return None
-    text = statement.compiled(Dialect.SQLITE).text
+    compiled = statement.sqlite
     try:
         if query.batch is not None:
-            db.executemany(text, [_parameters(params) for params in query.batch])
+            db.executemany(compiled.text, [_json_lists(p, compiled.lists) for p in query.batch])
             return None
-        rows = db.execute(text, _parameters(query.params)).fetchall()
+        cursor = db.execute(compiled.text, _json_lists(query.params, compiled.lists))
     except sqlite3.IntegrityError as error:
         if query.conflict and error.sqlite_errorname == "SQLITE_CONSTRAINT_UNIQUE":
             raise DataConflict(query.conflict) from None
         raise
-    return _result(rows, query.returns)
-
-
-def _result(rows: list[sqlite3.Row], returns: Returns) -> Any:
+    if returns is Returns.NOTHING:
+        return None
+    if returns is Returns.COUNT:
+        return cursor.rowcount
     if returns is Returns.ROWS:
-        return rows
+        return cursor.fetchall()
     if returns is Returns.COLUMN:
-        return [row[0] for row in rows]
-    if returns is Returns.ROW:
-        return rows[0] if rows else None
-    if returns is Returns.VALUE:
-        return rows[0][0] if rows else None
-    return None
+        return [row[0] for row in cursor]
+    row = cursor.fetchone()  # ROW and VALUE: at most one row is ever asked for
+    if row is None or returns is Returns.ROW:
+        return row
+    return row[0]
 
 
-def _parameters(params: Mapping[str, Any]) -> Mapping[str, Any]:
+def _json_lists(params: Mapping[str, Any], lists: tuple[str, ...]) -> Mapping[str, Any]:
     """Lists go to SQLite as JSON text, which `= ANY(:list)` reads with json_each."""
-    if not any(isinstance(value, list) for value in params.values()):
+    if not lists:
         return params
-    return {k: json.dumps(v) if isinstance(v, list) else v for k, v in params.items()}
+    return {**params, **{name: json.dumps(params[name]) for name in lists}}
 
 
 async def _connect(path: str | Path) -> aiosqlite.Connection:

@@ -66,11 +66,11 @@ CLAIM_CLIENT_ORDER_NUMBER = Statement(
     " VALUES (:account_id, :client_order_number, :transaction_id)"
     " ON CONFLICT DO NOTHING RETURNING transaction_id"
 )
-#: Conditional, so that no balance ever goes negative: no row when it does not cover.
+#: Conditional, so that no balance ever goes negative: changes nothing when it
+#: does not cover the amount.
 DEBIT = Statement(
     "UPDATE balances SET amount_minor = amount_minor - :amount_minor"
     " WHERE account_id = :account_id AND currency = :currency AND amount_minor >= :amount_minor"
-    " RETURNING amount_minor"
 )
 #: The oldest unsold code for a new order, unless orders already wait for the
 #: SKU: they are served first, in order, and the new one queues behind them.

@@ -12,6 +12,7 @@ anything are the domain's, passed in (`decide`) or applied to what it returns.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from itertools import groupby
@@ -119,10 +120,10 @@ def apply_order_plan(
         )
         if claimed is None and request.dup_check:
             return DuplicateOf((yield sql.CLIENT_ORDER_NUMBER_HOLDER.value(**number)))
-    left = yield sql.DEBIT.value(
+    debited = yield sql.DEBIT.count(
         account_id=new_order.caller.account_id, currency=price.currency, amount_minor=price.minor
     )
-    if left is None:
+    if not debited:
         raise Rollback(BalanceSpent(price))
     code_row = yield sql.CODE_FOR_NEW_ORDER.row(sku=request.sku)
     status = OrderStatus.PROCESSING if code_row is None else OrderStatus.COMPLETED
@@ -161,17 +162,18 @@ def order_params(new_order: NewOrder, plan: OrderPlan, status: OrderStatus) -> d
 
 
 def audit_order(new_order: NewOrder, event: AuditEvent, **details: str) -> Unit[None]:
+    """The audit row of an order's step, on behalf of its caller (audit_params's
+    columns, made here directly: this runs twice per order)."""
     caller = new_order.caller
-    record = AuditRecord(
-        at=new_order.at,
-        event=event,
+    yield sql.INSERT_AUDIT.run(
+        at=micros(new_order.at),
+        event=event.value,
         account_id=caller.account_id,
         api_key=caller.api_key,
-        request_id=caller.request_id,
+        request_id=caller.request_id or None,
         transaction_id=new_order.transaction_id,
-        details=details,
+        details=json.dumps(details),
     )
-    yield sql.INSERT_AUDIT.run(**audit_params(record))
 
 
 def as_placed(

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1einstantorders/v2/options.proto\x12\x10instantorders.v2\x1a google/protobuf/descriptor.proto*;\n\nRateBudget\x12\x15\n\x11RATE_BUDGET_READS\x10\x00\x12\x16\n\x12RATE_BUDGET_ORDERS\x10\x01:8\n\x0fomit_when_empty\x12\x1d.google.protobuf.FieldOptions\x18\xd1\x86\x03 \x01(\x08:?\n\x15oauth2_token_response\x12\x1e.google.protobuf.MethodOptions\x18\xd2\x86\x03 \x01(\x08:S\n\x0brate_budget\x12\x1e.google.protobuf.MethodOptions\x18\xd3\x86\x03 \x01(\x0e\x32\x1c.instantorders.v2.RateBudgetb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1einstantorders/v2/options.proto\x12\x10instantorders.v2\x1a google/protobuf/descriptor.proto*;\n\nRateBudget\x12\x15\n\x11RATE_BUDGET_READS\x10\x00\x12\x16\n\x12RATE_BUDGET_ORDERS\x10\x01:8\n\x0fomit_when_empty\x12\x1d.google.protobuf.FieldOptions\x18\xd1\x86\x03 \x01(\x08:4\n\x0bhttp_header\x12\x1d.google.protobuf.FieldOptions\x18\xd4\x86\x03 \x01(\t:?\n\x15oauth2_token_response\x12\x1e.google.protobuf.MethodOptions\x18\xd2\x86\x03 \x01(\x08:S\n\x0brate_budget\x12\x1e.google.protobuf.MethodOptions\x18\xd3\x86\x03 \x01(\x0e\x32\x1c.instantorders.v2.RateBudgetb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)

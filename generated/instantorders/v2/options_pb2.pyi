@@ -13,6 +13,8 @@ RATE_BUDGET_READS: RateBudget
 RATE_BUDGET_ORDERS: RateBudget
 OMIT_WHEN_EMPTY_FIELD_NUMBER: _ClassVar[int]
 omit_when_empty: _descriptor.FieldDescriptor
+HTTP_HEADER_FIELD_NUMBER: _ClassVar[int]
+http_header: _descriptor.FieldDescriptor
 OAUTH2_TOKEN_RESPONSE_FIELD_NUMBER: _ClassVar[int]
 oauth2_token_response: _descriptor.FieldDescriptor
 RATE_BUDGET_FIELD_NUMBER: _ClassVar[int]

@@ -62,16 +62,18 @@ class Order(_message.Message):
     def __init__(self, transaction_id: _Optional[str] = ..., client_order_number: _Optional[str] = ..., pay_with_currency: _Optional[str] = ..., grand_total: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[OrderStatus, str]] = ..., products: _Optional[_Iterable[_Union[OrderProduct, _Mapping]]] = ..., fx_summary: _Optional[_Iterable[_Union[_money_pb2.FxEntry, _Mapping]]] = ...) -> None: ...
 
 class CreateInstantOrderRequest(_message.Message):
-    __slots__ = ("client_order_number", "enable_client_order_number_dup_check", "sku", "pay_with_currency")
+    __slots__ = ("client_order_number", "enable_client_order_number_dup_check", "sku", "pay_with_currency", "request_id")
     CLIENT_ORDER_NUMBER_FIELD_NUMBER: _ClassVar[int]
     ENABLE_CLIENT_ORDER_NUMBER_DUP_CHECK_FIELD_NUMBER: _ClassVar[int]
     SKU_FIELD_NUMBER: _ClassVar[int]
     PAY_WITH_CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     client_order_number: str
     enable_client_order_number_dup_check: bool
     sku: str
     pay_with_currency: str
-    def __init__(self, client_order_number: _Optional[str] = ..., enable_client_order_number_dup_check: _Optional[bool] = ..., sku: _Optional[str] = ..., pay_with_currency: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, client_order_number: _Optional[str] = ..., enable_client_order_number_dup_check: _Optional[bool] = ..., sku: _Optional[str] = ..., pay_with_currency: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class GetOrderRequest(_message.Message):
     __slots__ = ("transaction_id",)
@@ -148,3 +150,11 @@ class WatchOrderRequest(_message.Message):
     TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
     transaction_id: str
     def __init__(self, transaction_id: _Optional[str] = ...) -> None: ...
+
+class CancelOrderRequest(_message.Message):
+    __slots__ = ("transaction_id", "request_id")
+    TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    transaction_id: str
+    request_id: str
+    def __init__(self, transaction_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...

@@ -55,6 +55,11 @@ class OrdersServiceStub:
                 request_serializer=instantorders_dot_v2_dot_orders__pb2.GetCodesRequest.SerializeToString,
                 response_deserializer=instantorders_dot_v2_dot_orders__pb2.GetCodesResponse.FromString,
                 _registered_method=True)
+        self.CancelOrder = channel.unary_unary(
+                '/instantorders.v2.OrdersService/CancelOrder',
+                request_serializer=instantorders_dot_v2_dot_orders__pb2.CancelOrderRequest.SerializeToString,
+                response_deserializer=instantorders_dot_v2_dot_orders__pb2.Order.FromString,
+                _registered_method=True)
         self.WatchOrder = channel.unary_stream(
                 '/instantorders.v2.OrdersService/WatchOrder',
                 request_serializer=instantorders_dot_v2_dot_orders__pb2.WatchOrderRequest.SerializeToString,
@@ -96,6 +101,14 @@ class OrdersServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelOrder(self, request, context):
+        """Cancels an order still waiting for stock (PROCESSING) and refunds it.
+        A CANCELLED order is answered as it is; a COMPLETED one cannot be cancelled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchOrder(self, request, context):
         """The order's current state at once, then every change until it is final
         (COMPLETED or CANCELLED), when the stream ends. Over REST this is a
@@ -128,6 +141,11 @@ def add_OrdersServiceServicer_to_server(servicer, server):
                     servicer.GetCodes,
                     request_deserializer=instantorders_dot_v2_dot_orders__pb2.GetCodesRequest.FromString,
                     response_serializer=instantorders_dot_v2_dot_orders__pb2.GetCodesResponse.SerializeToString,
+            ),
+            'CancelOrder': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelOrder,
+                    request_deserializer=instantorders_dot_v2_dot_orders__pb2.CancelOrderRequest.FromString,
+                    response_serializer=instantorders_dot_v2_dot_orders__pb2.Order.SerializeToString,
             ),
             'WatchOrder': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchOrder,
@@ -244,6 +262,33 @@ class OrdersService:
             '/instantorders.v2.OrdersService/GetCodes',
             instantorders_dot_v2_dot_orders__pb2.GetCodesRequest.SerializeToString,
             instantorders_dot_v2_dot_orders__pb2.GetCodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelOrder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/instantorders.v2.OrdersService/CancelOrder',
+            instantorders_dot_v2_dot_orders__pb2.CancelOrderRequest.SerializeToString,
+            instantorders_dot_v2_dot_orders__pb2.Order.FromString,
             options,
             channel_credentials,
             insecure,

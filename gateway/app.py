@@ -21,11 +21,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gateway import errors, streams, transcode
 from gateway.openapi import openapi_document
 from gateway.responses import (
+    REPLAYED,
+    REPLAYED_HEADER,
     REQUEST_ID,
     REQUEST_ID_HEADER,
     call_metadata,
     error_response,
     json_response,
+    note_replay,
 )
 from gateway.routes import Route, load_routes
 from server.domain.errors import ApiError, Reason
@@ -82,16 +85,22 @@ def _handler(route: Route, channel: grpc.aio.Channel, settings: GatewaySettings)
         response_deserializer=route.response_type.FromString,
     )
 
+    # Only a call that takes an Idempotency-Key can be answered with a replay.
+    replayable = bool(route.header_fields)
+
     async def handle(request: web.Request) -> web.StreamResponse:
         message = transcode.request_message(
-            route, request.match_info, request.query, await _body(route, request)
+            route, request.match_info, request.query, await _body(route, request), request.headers
         )
+        unary = call(message, metadata=call_metadata(request), timeout=settings.rpc_timeout_seconds)
         try:
-            response = await call(
-                message, metadata=call_metadata(request), timeout=settings.rpc_timeout_seconds
-            )
+            response = await unary
         except grpc.aio.AioRpcError as error:
+            if replayable:
+                note_replay(request, error.trailing_metadata())
             return error_response(request, errors.reply_for(error))
+        if replayable:
+            note_replay(request, await unary.trailing_metadata())
         body: dict[str, Any] = {"requestId": request[REQUEST_ID]}
         body["data"] = transcode.response_json(route, response)
         headers = {}
@@ -146,9 +155,12 @@ async def _request_id_middleware(request: web.Request, handler: Handler) -> web.
 
 
 async def _echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: every response, event streams included, names its request."""
+    """on_response_prepare: every response, event streams included, names its request
+    (a replayed answer, the request first answered so, and says it is replayed)."""
     if REQUEST_ID in request:
         response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
+    if request.get(REPLAYED):
+        response.headers[REPLAYED_HEADER] = "true"
 
 
 @web.middleware

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from google.api import field_behavior_pb2
@@ -15,9 +16,12 @@ ERROR_STATUSES = {
     "400": "Bad Request: malformed JSON, unknown or mistyped fields or parameters.",
     "401": "Unauthorized: x-api-key and a bearer token of that key are required.",
     "404": "Not Found: no such order or product for this account.",
-    "409": "Conflict: duplicate clientOrderNumber with the duplicate check on.",
+    "409": "Conflict: duplicate clientOrderNumber with the duplicate check on, an order "
+    "that can no longer be cancelled, or an Idempotency-Key whose first request is "
+    "still being processed (IDEMPOTENCY_KEY_IN_USE, with Retry-After).",
     "413": "Payload Too Large: bodies are limited to 64 KiB.",
-    "422": "Unprocessable Entity: currency, balance or delivery rules refuse the order.",
+    "422": "Unprocessable Entity: currency, balance or delivery rules refuse the order, or "
+    "an Idempotency-Key was used for a different request (IDEMPOTENCY_KEY_MISMATCH).",
     "429": "Too Many Requests.",
     "500": "Internal Server Error.",
     "503": "Service Unavailable: the order service cannot be reached.",
@@ -100,11 +104,13 @@ def _operation(route: Route, schemas: dict[str, Any]) -> dict[str, Any]:
         # Both headers on the same request: one requirement object naming both.
         operation["security"] = [{"ApiKeyAuth": [], "BearerAuth": []}]
     if route.body == "*":
-        body_schema = _message_schema(route.request_message, schemas, request=True)
+        body_schema = _message_schema(
+            route.request_message, schemas, request=True, fields=route.body_fields.values()
+        )
         content = {"application/json": {"schema": body_schema}}
         if route.oauth2_token_response:
             content["application/x-www-form-urlencoded"] = {"schema": body_schema}
-        operation["requestBody"] = {"required": True, "content": content}
+        operation["requestBody"] = {"required": bool(route.body_fields), "content": content}
     return operation
 
 
@@ -128,7 +134,27 @@ def _parameters(route: Route, schemas: dict[str, Any]) -> list[dict[str, Any]]:
         if field.is_repeated:
             parameter.update(style="form", explode=False)
         parameters.append(parameter)
+    for header in route.header_fields:
+        parameters.append(
+            {
+                "name": header,
+                "in": "header",
+                "required": False,
+                "description": _HEADERS.get(header, ""),
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+            }
+        )
     return parameters
+
+
+_HEADERS = {
+    "Idempotency-Key": (
+        "Makes the request safe to retry (draft-ietf-httpapi-idempotency-key-header): a "
+        "repeat with the same key and body gets the first answer again, with the header "
+        "Idempotent-Replayed: true, and changes nothing. 1 to 255 printable ASCII "
+        "characters, scoped to the account."
+    )
+}
 
 
 def _success_response(route: Route, schemas: dict[str, Any]) -> dict[str, Any]:
@@ -180,19 +206,27 @@ def _success_schema(route: Route, schemas: dict[str, Any]) -> dict[str, Any]:
     return envelope
 
 
-def _message_schema(descriptor: Descriptor, schemas: dict[str, Any], *, request: bool) -> Any:
+def _message_schema(
+    descriptor: Descriptor,
+    schemas: dict[str, Any],
+    *,
+    request: bool,
+    fields: Iterable[FieldDescriptor] | None = None,
+) -> Any:
+    """The message's schema, of `fields` only if given (a body: not those a path
+    or a header sets)."""
     if descriptor.full_name in _WELL_KNOWN:
         return dict(_WELL_KNOWN[descriptor.full_name])
     name = _schema_name(descriptor)
     if name not in schemas:
         schemas[name] = {}  # placeholder: recursive messages refer to it meanwhile
+        shown = list(descriptor.fields if fields is None else fields)
         properties = {
-            field.json_name: _field_schema(field, schemas, request=request)
-            for field in descriptor.fields
+            field.json_name: _field_schema(field, schemas, request=request) for field in shown
         }
         required = [
             field.json_name
-            for field in descriptor.fields
+            for field in shown
             if (_is_required_in_request(field) if request else _always_rendered(field))
         ]
         schema: dict[str, Any] = {"type": "object", "properties": properties}

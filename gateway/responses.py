@@ -9,15 +9,19 @@ from typing import Any
 from aiohttp import web
 
 from gateway import errors
+from server.domain.requests import REPLAYED_METADATA, REQUEST_ID_METADATA
 
 #: Headers passed on to the gRPC server as call metadata.
 FORWARDED_HEADERS = ("x-api-key", "authorization")
 REQUEST_ID_HEADER = "X-Request-Id"
 REQUEST_ID = web.RequestKey("request_id", str)
+#: Set when the answer is one stored for an Idempotency-Key and given again.
+REPLAYED = web.RequestKey("replayed", bool)
+REPLAYED_HEADER = "Idempotent-Replayed"
 
 
 def call_metadata(request: web.Request) -> list[tuple[str, str]]:
-    metadata = [("x-request-id", request[REQUEST_ID])]
+    metadata = [(REQUEST_ID_METADATA, request[REQUEST_ID])]
     if request.remote:  # for the per-address limit of failed logins
         metadata.append(("x-forwarded-for", request.remote))
     for name in FORWARDED_HEADERS:
@@ -29,14 +33,22 @@ def call_metadata(request: web.Request) -> list[tuple[str, str]]:
     return metadata
 
 
+def note_replay(request: web.Request, trailers: Any) -> None:
+    """A replayed answer keeps the request id of the first: the body and headers say it."""
+    values = dict(trailers or ())
+    if values.get(REPLAYED_METADATA) == "true" and REQUEST_ID_METADATA in values:
+        request[REQUEST_ID] = values[REQUEST_ID_METADATA]
+        request[REPLAYED] = True
+
+
 def error_response(request: web.Request, reply: errors.ErrorReply) -> web.Response:
     headers = {}
     if reply.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="instant-orders"'
-    elif reply.status == 503:
-        headers["Retry-After"] = "1"
     elif reply.status == 429:
         headers.update(rate_limit_headers(reply.metadata))
+    elif reply.status == 503 or "retryAfterSeconds" in reply.metadata:
+        headers["Retry-After"] = reply.metadata.get("retryAfterSeconds", "1")
     return json_response(reply.status, reply.body(request[REQUEST_ID]), headers)
 
 

@@ -8,6 +8,7 @@ server-streaming RPC becomes a Server-Sent Events route.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from types import ModuleType
@@ -68,16 +69,35 @@ class Route:
         return self.rpc.input_type
 
     @cached_property
+    def header_fields(self) -> dict[str, FieldDescriptor]:
+        """Request fields taken from an HTTP header, by header name: those with the
+        (instantorders.v2.http_header) option."""
+        fields = {}
+        for field in self.request_message.fields:
+            header = field.GetOptions().Extensions[options_pb2.http_header]
+            if header:
+                fields[header] = field
+        return fields
+
+    @cached_property
+    def body_fields(self) -> dict[str, FieldDescriptor]:
+        """Request fields a JSON body may set, by JSON name: with body "*", those
+        neither in the path nor in a header."""
+        if self.body != "*":
+            return {}
+        return self._fields_but(self.path_fields.values(), self.header_fields.values())
+
+    @cached_property
     def query_fields(self) -> dict[str, FieldDescriptor]:
-        """Request fields taken from the query string, by JSON name: those neither in
-        the path nor the body."""
+        """Request fields taken from the query string, by JSON name: without a body,
+        those neither in the path nor in a header."""
         if self.body == "*":
             return {}
-        return {
-            f.json_name: f
-            for f in self.request_message.fields
-            if f.json_name not in self.path_fields
-        }
+        return self._fields_but(self.path_fields.values(), self.header_fields.values())
+
+    def _fields_but(self, *taken: Iterable[FieldDescriptor]) -> dict[str, FieldDescriptor]:
+        names = {field.name for fields in taken for field in fields}
+        return {f.json_name: f for f in self.request_message.fields if f.name not in names}
 
 
 def load_routes(modules: tuple[ModuleType, ...] = API_MODULES) -> list[Route]:

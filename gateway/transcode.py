@@ -28,13 +28,16 @@ def request_message(
     path_params: Mapping[str, str],
     query: MultiMapping[str],
     body: dict[str, Any] | None,
+    headers: MultiMapping[str] | None = None,
 ) -> Message:
-    """The RPC's request from the route's path variables, query string and body."""
+    """The RPC's request from the route's path variables, query string, body and
+    the headers its fields name."""
     fields: dict[str, Any] = dict(body or {})
+    _refuse_unknown_fields(route, fields)
     fields.update(_query_fields(route, query))
     for json_name in route.path_fields:
         fields[json_name] = path_params[json_name]
-    _refuse_unknown_fields(route, fields)
+    fields.update(_header_fields(route, headers))
     message = route.request_type()
     try:
         json_format.ParseDict(fields, message, ignore_unknown_fields=False)
@@ -43,16 +46,28 @@ def request_message(
     return message
 
 
-def _refuse_unknown_fields(route: Route, fields: Mapping[str, Any]) -> None:
-    """Names an unknown field in the API's terms, not protobuf's (no message types)."""
-    descriptor = route.request_message
-    known = {f.json_name for f in descriptor.fields} | {f.name for f in descriptor.fields}
-    for key in fields:
+def _refuse_unknown_fields(route: Route, body: Mapping[str, Any]) -> None:
+    """Names a field the body may not set in the API's terms, not protobuf's."""
+    known = set(route.body_fields) | {f.name for f in route.body_fields.values()}
+    for key in body:
         if key not in known:
-            expected = ", ".join(f.json_name for f in descriptor.fields)
+            expected = ", ".join(route.body_fields) or "none"
             raise invalid_request(
                 f"Unknown field {key!r}; the fields are: {expected}.", str(key)[:64]
             )
+
+
+def _header_fields(route: Route, headers: MultiMapping[str] | None) -> dict[str, str]:
+    """The fields set by headers (Idempotency-Key), each at most once and not empty."""
+    fields = {}
+    for header, field in route.header_fields.items():
+        values = headers.getall(header, []) if headers is not None else []
+        if not values:
+            continue
+        if len(values) > 1 or not values[0]:
+            raise invalid_request(f"{header} must be given once, and not empty.", header)
+        fields[field.json_name] = values[0]
+    return fields
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:

@@ -57,7 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     grpc_only.set_defaults(run=lambda args, s: _serve(s, grpc=True, gateway=False))
 
     worker = commands.add_parser("worker", help="run the fulfiller alone (the server runs one too)")
-    _serving_options(worker, "fulfillment_timeout_seconds", *_DATABASE_OPTIONS)
+    _serving_options(
+        worker, "fulfillment_timeout_seconds", "idempotency_retention_days", *_DATABASE_OPTIONS
+    )
     worker.set_defaults(run=lambda args, s: _work(s))
 
     gateway = commands.add_parser("gateway", help="run the REST gateway alone")
@@ -75,12 +77,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-_METAVARS = {"seconds": "SECONDS", "size": "N", "orders": "RATE:BURST", "reads": "RATE:BURST"}
+_METAVARS = {
+    "seconds": "SECONDS", "days": "DAYS", "size": "N", "orders": "RATE:BURST",
+    "reads": "RATE:BURST",
+}  # fmt: skip
 _DATABASE_OPTIONS = (
     "database", "secret_key_file", "database_pool_size", "database_statement_timeout_seconds",
 )  # fmt: skip
 _SERVER_OPTIONS = (
-    "fulfillment_timeout_seconds", "rate_limit_orders", "rate_limit_reads",
+    "fulfillment_timeout_seconds", "idempotency_retention_days", "rate_limit_orders",
+    "rate_limit_reads",
 )  # fmt: skip
 
 
@@ -98,12 +104,14 @@ def _serving_options(parser: argparse.ArgumentParser, *names: str) -> None:
         "database_pool_size": "PostgreSQL connections per process (default 10)",
         "database_statement_timeout_seconds": "SECONDS a PostgreSQL statement may run before "
         "the call fails with UNAVAILABLE (default 5)",
+        "idempotency_retention_days": "DAYS an Idempotency-Key and its answer are kept "
+        "(default 90)",
         "rate_limit_orders": "order creation per API key: RATE/s:BURST, 0 = off (default 50:100)",
         "rate_limit_reads": "reads per API key: RATE/s:BURST, 0 = off (default 100:200)",
     }
     for name in names:
         parser.add_argument(
-            "--" + name.removesuffix("_seconds").replace("_", "-"),
+            "--" + name.removesuffix("_seconds").removesuffix("_days").replace("_", "-"),
             dest=name,
             metavar=_METAVARS.get(name.rpartition("_")[2]),
             help=f"{helps[name]} (env {ENVIRONMENT[name]})",

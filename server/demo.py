@@ -53,6 +53,7 @@ def curl_session(api: str, account: CreatedAccount) -> str:
     auth = '-H "x-api-key: $KEY" -H "Authorization: Bearer $TOKEN"'
     read = "python3 -c 'import json,sys; print(json.load(sys.stdin)"
     order = '{"clientOrderNumber": "po-1234", "sku": "TTR-WI-YWN", "payWithCurrency": "USD"}'
+    keyed = "-H 'Idempotency-Key: po-1234-1'"
     return "\n".join(
         [
             SESSION_MARKER,
@@ -62,10 +63,15 @@ def curl_session(api: str, account: CreatedAccount) -> str:
             "# 1. a bearer token (OAuth 2.0 client credentials)",
             'TOKEN=$(curl -s "$API/v2/auth/token" -d grant_type=client_credentials'
             f' -d client_id="$KEY" -d client_secret="$SECRET" | {read}["access_token"])\')',
-            "# 2. an instant order for a EUR product, paid in USD (9.70 EUR x 1.1829 = 11.48 USD)",
-            f'ORDER=$(curl -s "$API/v2/orders/instant" {auth}'
+            "# 2. an instant order for a EUR product, paid in USD (9.70 EUR x 1.1829 = 11.48 USD),",
+            "#    with an Idempotency-Key so that a retry can never order twice",
+            f'ORDER=$(curl -s "$API/v2/orders/instant" {auth} {keyed}'
             f" -H 'Content-Type: application/json' -d '{order}')",
             'echo "$ORDER"',
+            "#    the same request again, as after a timeout: the first answer, replayed",
+            "#    (header Idempotent-Replayed: true, on stderr), and nothing charged twice",
+            f'curl -s -D /dev/stderr "$API/v2/orders/instant" {auth} {keyed}'
+            f" -H 'Content-Type: application/json' -d '{order}'; echo",
             f'TX=$(echo "$ORDER" | {read}["data"]["transactionId"])\')',
             "# 3. poll the order, as a client does until it is COMPLETED",
             f'curl -s "$API/v2/orders?transactionId=$TX" {auth}; echo',

@@ -107,6 +107,7 @@ def _fulfiller(
         utc_now,
         on_change,
         batch_size=settings.fulfillment_batch,
+        key_retention=settings.idempotency_retention,
     )
 
 

@@ -31,6 +31,7 @@ ENVIRONMENT = {
     "rate_limit_reads": "INSTANT_ORDERS_RATE_LIMIT_READS",
     "database_pool_size": "INSTANT_ORDERS_DATABASE_POOL_SIZE",
     "database_statement_timeout_seconds": "INSTANT_ORDERS_DATABASE_STATEMENT_TIMEOUT",
+    "idempotency_retention_days": "INSTANT_ORDERS_IDEMPOTENCY_RETENTION",
 }
 
 
@@ -63,6 +64,8 @@ class Settings:
     #: the wait for a free connection) may take before the call fails UNAVAILABLE.
     database_pool_size: int = 10
     database_statement_timeout_seconds: float = 5.0
+    #: How long an Idempotency-Key and its answer are kept; then the key may be reused.
+    idempotency_retention_days: float = 90.0
 
     def __post_init__(self) -> None:
         if not self.fulfillment_timeout_seconds > 0:
@@ -71,6 +74,8 @@ class Settings:
             raise ValueError("the database pool size must be 1 or more")
         if not self.database_statement_timeout_seconds > 0:
             raise ValueError("the database statement timeout must be a positive number")
+        if not self.idempotency_retention_days > 0:
+            raise ValueError("the idempotency retention must be a positive number of days")
         if self.fulfillment_batch < 1:
             raise ValueError("the fulfillment batch must be 1 or more")
         for rate in (self.rate_limit_orders, self.rate_limit_reads):
@@ -93,6 +98,10 @@ class Settings:
     @property
     def fulfillment_timeout(self) -> timedelta:
         return timedelta(seconds=self.fulfillment_timeout_seconds)
+
+    @property
+    def idempotency_retention(self) -> timedelta:
+        return timedelta(days=self.idempotency_retention_days)
 
     @property
     def token_lifetime(self) -> timedelta:

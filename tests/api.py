@@ -42,6 +42,13 @@ class Reply:
     data: Any = None
     error: dict[str, Any] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
+    #: The whole answer as a client sees it: REST's JSON body; over gRPC the
+    #: response's JSON or the error body.
+    body: Any = None
+    #: The request id the answer names (REST's body and header; a replay's trailer).
+    request_id: str = ""
+    #: Whether the answer is a stored one given again (Idempotent-Replayed).
+    replayed: bool = False
 
     @property
     def ok(self) -> bool:
@@ -71,14 +78,26 @@ class RestApi:
         self.client = client
 
     async def call(
-        self, rpc: str, fields: dict[str, Any] | None = None, account: Account | None = None
+        self,
+        rpc: str,
+        fields: dict[str, Any] | None = None,
+        account: Account | None = None,
+        *,
+        key: str | None = None,
+        request_id: str = "",
     ) -> Reply:
+        """The call; `key` is sent as the Idempotency-Key header, `request_id` as
+        X-Request-Id."""
         route = ROUTES[rpc]
         fields = dict(fields or {})
         path = route.path
         for json_name in route.path_fields:
             path = path.replace("{" + json_name + "}", str(fields.pop(json_name)))
         headers = account.headers() if account else {}
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        if request_id:
+            headers["X-Request-Id"] = request_id
         if route.body == "*":
             response = await self.client.request(
                 route.http_method, path, json=fields, headers=headers
@@ -95,10 +114,16 @@ class RestApi:
         assert response.content_type == "application/json"
         assert body["requestId"] == response.headers["X-Request-Id"]
         headers_out = dict(response.headers)
+        seen = {
+            "headers": headers_out,
+            "body": body,
+            "request_id": body["requestId"],
+            "replayed": headers_out.get("Idempotent-Replayed") == "true",
+        }
         if response.status == 200:
             assert set(body) >= {"requestId", "data"}
-            return Reply("rest", 200, data=body["data"], headers=headers_out)
-        return Reply("rest", response.status, error=body, headers=headers_out)
+            return Reply("rest", 200, data=body["data"], **seen)
+        return Reply("rest", response.status, error=body, **seen)
 
 
 class GrpcApi:
@@ -108,21 +133,48 @@ class GrpcApi:
         self.channel = channel
 
     async def call(
-        self, rpc: str, fields: dict[str, Any] | None = None, account: Account | None = None
+        self,
+        rpc: str,
+        fields: dict[str, Any] | None = None,
+        account: Account | None = None,
+        *,
+        key: str | None = None,
+        request_id: str = "",
     ) -> Reply:
+        """The call; `key` is sent as the request's request_id field (AIP-155),
+        `request_id` as x-request-id metadata."""
         route = ROUTES[rpc]
         request = json_format.ParseDict(fields or {}, route.request_type())
+        if key is not None:
+            request.request_id = key  # type: ignore[attr-defined]
         metadata = [(k.lower(), v) for k, v in (account.headers() if account else {}).items()]
+        if request_id:
+            metadata.append(("x-request-id", request_id))
         call = self.channel.unary_unary(
             route.rpc_path,
             request_serializer=route.request_type.SerializeToString,
             response_deserializer=route.response_type.FromString,
         )
+        unary = call(request, metadata=metadata, timeout=10)
         try:
-            response = await call(request, metadata=metadata, timeout=10)
+            response = await unary
         except grpc.aio.AioRpcError as error:
-            return Reply("grpc", error.code(), error=_error_body(error))
-        return Reply("grpc", grpc.StatusCode.OK, data=transcode.response_json(route, response))
+            body = _error_body(error)
+            replay = _replay(error.trailing_metadata(), request_id)
+            return Reply("grpc", error.code(), error=body, body=body, **replay)
+        data = transcode.response_json(route, response)
+        replay = _replay(await unary.trailing_metadata(), request_id)
+        return Reply("grpc", grpc.StatusCode.OK, data=data, body=data, **replay)
+
+
+def _replay(trailers: Any, sent_request_id: str) -> dict[str, Any]:
+    """The request id an answer names (a replay's trailer, else the one sent)."""
+    values = dict(trailers or ())
+    replayed = values.get("idempotent-replayed") == "true"
+    return {
+        "replayed": replayed,
+        "request_id": values["x-request-id"] if replayed else sent_request_id,
+    }
 
 
 def _error_body(error: grpc.aio.AioRpcError) -> dict[str, Any]:

@@ -72,7 +72,8 @@ async def exercise_every_route(http, accounts) -> list[tuple[str, str, int, Any]
     seen = []
 
     async def record(method: str, template: str, url: str, **kwargs: Any) -> Any:
-        response = await http.request(method, url, headers=headers, **kwargs)
+        kwargs.setdefault("headers", headers)
+        response = await http.request(method, url, **kwargs)
         body = await response.json()
         seen.append((template, method.lower(), response.status, body))
         return body
@@ -106,7 +107,20 @@ async def exercise_every_route(http, accounts) -> list[tuple[str, str, int, Any]
         data={"grant_type": "client_credentials", "client_id": acme.api_key,
               "client_secret": acme.api_secret},
     )  # fmt: skip
+    cancel = "/v2/orders/{transactionId}/cancel"
+    await record("POST", cancel, f"/v2/orders/{pending_tx}/cancel", json={})
     # and errors
+    await record("POST", cancel, f"/v2/orders/{tx}/cancel")  # COMPLETED: 409
+    keyed = {"Idempotency-Key": "contract-1"}
+    await record("POST", "/v2/orders/instant", "/v2/orders/instant",
+                 json={"sku": "NOPE"}, headers={**headers, **keyed})  # fmt: skip
+    await record(
+        "POST",
+        "/v2/orders/instant",
+        "/v2/orders/instant",
+        json={"sku": "8PX-UF-Y5U"},
+        headers={**headers, **keyed},
+    )  # 422 mismatch
     await record("POST", "/v2/orders/instant", "/v2/orders/instant", json={"sku": "TTR-WI-YWN"})
     await record("POST", "/v2/orders/instant", "/v2/orders/instant", json={"sku": "NOPE"})
     await record("GET", "/v2/orders/{transactionId}", "/v2/orders/missing")

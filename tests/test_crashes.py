@@ -118,3 +118,44 @@ async def test_ten_sigkills_under_load_lose_no_acknowledged_order(database, tmp_
         assert stop(process) == 0
     assert "Traceback" not in log_of(process)
     assert_fulfillment_consistent(database)
+
+
+async def test_a_retry_after_a_sigkill_at_the_commit_replays_the_order_its_key_placed(database):
+    """The server is killed as soon as a keyed order is committed, whether or not its
+    answer went out; the client retries with the same key after the restart and gets
+    that order, not a second one."""
+    headers = await prepare(database)
+    process, url = await start_service(database_args(database))
+    body = {"sku": SKU, "payWithCurrency": "JPY"}
+    async with aiohttp.ClientSession() as session:
+        keyed = {**headers, "Idempotency-Key": "killed", "X-Request-Id": "before-the-kill"}
+        first = asyncio.create_task(
+            session.post(f"{url}/v2/orders/instant", json=body, headers=keyed)
+        )
+
+        async def committed() -> bool:
+            return query(database, "SELECT count(*) FROM idempotency_keys") == [(1,)]
+
+        await eventually(committed, timeout=10)
+        process.send_signal(signal.SIGKILL)
+        assert await asyncio.to_thread(process.wait, 10) == -signal.SIGKILL
+        (answered,) = await asyncio.gather(first, return_exceptions=True)  # or not: unknown
+        if isinstance(answered, aiohttp.ClientResponse):
+            answered.release()
+
+        process, url = await start_service(database_args(database))
+        try:
+            retry = {**headers, "Idempotency-Key": "killed"}
+            async with session.post(
+                f"{url}/v2/orders/instant", json=body, headers=retry
+            ) as retried:
+                assert retried.status == 200
+                assert retried.headers["Idempotent-Replayed"] == "true"
+                answer = await retried.json()
+        finally:
+            assert stop(process) == 0
+    assert answer["requestId"] == "before-the-kill"
+    assert query(database, "SELECT transaction_id FROM orders") == [
+        (answer["data"]["transactionId"],)
+    ]
+    assert_fulfillment_consistent(database)

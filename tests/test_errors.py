@@ -19,6 +19,7 @@ DETAILS = {
     "clientOrderNumber": "po-1",
     "budget": "orders",
     "retryAfterSeconds": "1",
+    "status": "COMPLETED",
 }
 
 

@@ -93,4 +93,5 @@ async def test_reflection_serves_every_file_grpcurl_needs(grpc_port):
         "enableClientOrderNumberDupCheck",
         "sku",
         "payWithCurrency",
+        "requestId",  # AIP-155's; the REST gateway fills it from Idempotency-Key
     ]

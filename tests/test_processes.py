@@ -47,8 +47,12 @@ async def test_demo_prints_a_curl_session_that_works(tmp_path):
     finally:
         assert stop(process) == 0
     assert result.returncode == 0, result.stderr
-    order, polled, codes, balances = [json.loads(line) for line in result.stdout.splitlines()]
+    order, replayed, polled, codes, balances = [
+        json.loads(line) for line in result.stdout.splitlines()
+    ]
     assert order["data"]["status"] == "COMPLETED"
+    assert replayed == order
+    assert "idempotent-replayed: true" in result.stderr.lower()
     assert order["data"]["grandTotal"] == {"amount": "11.48", "currency": "USD"}
     assert polled["data"]["items"][0]["transactionId"] == order["data"]["transactionId"]
     assert codes["data"][0]["codes"][0]["redeemCode"]

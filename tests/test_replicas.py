@@ -115,10 +115,15 @@ async def test_two_replicas_keep_every_guarantee_when_one_is_killed(database, ru
             race = await asyncio.gather(
                 *(client.post(n % 2, _racing_order()) for n in range(RACERS))
             )
+            keyed = Client(session, replicas, {**headers, "Idempotency-Key": "RACE-KEY"})
+            key_race = await asyncio.gather(
+                *(keyed.post(n % 2, {"sku": RACE_SKU}) for n in range(RACERS))
+            )
             await _load_with_a_kill(client, killed)
             assert (await session.get(f"{replicas[1].url}/v2/balances", headers=headers)).ok
 
         _check_the_race(race, database)
+        _check_the_key_race(key_race, database)
         accepted = _check_money_and_stock(client, database)
         _check_nothing_acknowledged_was_lost(accepted, database)
         # Orders the dead replica took and left PROCESSING are completed by the live one.
@@ -131,8 +136,8 @@ async def test_two_replicas_keep_every_guarantee_when_one_is_killed(database, ru
                         "--file", str(codes))  # fmt: skip
         assert added.returncode == 0, added.stderr
 
-        async def all_completed() -> bool:
-            return order_statuses(database) == {"COMPLETED": FUNDED_FOR + 1}
+        async def all_completed() -> bool:  # and the two racing orders
+            return order_statuses(database) == {"COMPLETED": FUNDED_FOR + 2}
 
         await eventually(all_completed, timeout=10)
     finally:
@@ -177,6 +182,19 @@ def _check_the_race(race: list[dict[str, Any] | None], database: str) -> None:
     transaction_id = created[0]["data"]["transactionId"]
     assert all(answer["transactionId"] == transaction_id for answer in refused)
     assert one(database, "SELECT count(*) FROM orders WHERE client_order_number = 'RACE-1'") == 1
+
+
+def _check_the_key_race(race: list[dict[str, Any] | None], database: str) -> None:
+    """RACERS orders with one Idempotency-Key, across both replicas: exactly one order;
+    every other answer is it again, or IDEMPOTENCY_KEY_IN_USE while it was placed."""
+    placed = {
+        answer["data"]["transactionId"] for answer in race if answer and answer["status"] == 200
+    }
+    assert len(placed) == 1, race
+    in_use = [answer for answer in race if answer and answer["status"] == 409]
+    assert all(answer["error"] == "IDEMPOTENCY_KEY_IN_USE" for answer in in_use)
+    assert len(in_use) + sum(1 for a in race if a and a["status"] == 200) == RACERS
+    assert one(database, "SELECT count(*) FROM orders WHERE sku = ?", (RACE_SKU,)) == 2
 
 
 def _check_money_and_stock(client: Client, database: str) -> dict[str, tuple[int, str]]:

@@ -20,10 +20,12 @@ STEAM = "8PX-UF-Y5U"
 
 
 def make_it_the_previous_release(database: str) -> None:
-    """The previous release's schema: SQLite at version 4, without the table of
-    clientOrderNumbers; PostgreSQL numbered 1, its order function an older one."""
+    """The previous release's schema: SQLite at version 4, without the tables of
+    clientOrderNumbers and idempotency keys; PostgreSQL numbered 1 (version 5
+    here), without idempotency keys, its order function an older one."""
+    query(database, "DROP TABLE idempotency_keys")
     if not is_postgres(database):
-        query(database, "DELETE FROM client_order_numbers")
+        query(database, "DROP TABLE client_order_numbers")
         query(database, "PRAGMA user_version = 4")
         return
     query(database, "UPDATE schema_version SET version = 1")

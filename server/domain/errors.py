@@ -26,6 +26,7 @@ class Code(enum.Enum):
     ALREADY_EXISTS = 6
     RESOURCE_EXHAUSTED = 8
     FAILED_PRECONDITION = 9
+    ABORTED = 10
     UNIMPLEMENTED = 12
     INTERNAL = 13
     UNAVAILABLE = 14
@@ -68,6 +69,22 @@ class Reason(enum.Enum):
         Code.ALREADY_EXISTS,
         409,
         "An order with clientOrderNumber {clientOrderNumber} exists already: {transactionId}.",
+    )
+    ORDER_NOT_CANCELLABLE = ErrorSpec(
+        Code.FAILED_PRECONDITION,
+        409,
+        "Order {transactionId} is {status} and cannot be cancelled any more.",
+    )
+    IDEMPOTENCY_KEY_MISMATCH = ErrorSpec(
+        Code.FAILED_PRECONDITION,
+        422,
+        "This Idempotency-Key was used for a different request. Use a new key.",
+    )
+    IDEMPOTENCY_KEY_IN_USE = ErrorSpec(
+        Code.ABORTED,
+        409,
+        "A request with this Idempotency-Key is being processed. Retry after"
+        " {retryAfterSeconds} s to get its answer.",
     )
     RATE_LIMITED = ErrorSpec(
         Code.RESOURCE_EXHAUSTED,
@@ -114,6 +131,14 @@ class ApiError(Exception):
         self.metadata = metadata
         self.message = reason.value.template.format(detail=detail, **metadata)
         super().__init__(f"{reason.name}: {self.message}")
+
+    @classmethod
+    def restored(cls, reason: Reason, message: str, metadata: dict[str, str]) -> ApiError:
+        """The error as it was first answered (a replay), message and all."""
+        error = cls.__new__(cls)
+        error.reason, error.message, error.metadata = reason, message, metadata
+        Exception.__init__(error, f"{reason.name}: {message}")
+        return error
 
 
 def invalid_request(detail: str, field: str | None = None) -> ApiError:

@@ -11,11 +11,13 @@ step is guarded by the order still being PROCESSING, so none is done twice.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from server.domain.errors import log_retried_failure
+from server.domain.idempotency import RETENTION
 from server.domain.models import Order
 from server.domain.ports import Store
 
@@ -27,6 +29,10 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL_SECONDS = 0.2
 #: Orders completed or cancelled per database transaction.
 BATCH_SIZE = 500
+#: How often the fulfiller purges expired idempotency keys, and how many at most
+#: per transaction.
+HOUSEKEEPING_INTERVAL_SECONDS = 60.0
+KEYS_PER_PURGE = 1000
 
 
 class CodeSource(Protocol):
@@ -72,6 +78,7 @@ class Fulfiller:
         on_change: Callable[[list[str]], None] | None = None,
         poll_interval: float = POLL_INTERVAL_SECONDS,
         batch_size: int = BATCH_SIZE,
+        key_retention: timedelta = RETENTION,
     ) -> None:
         self._store = store
         self._source = source
@@ -80,18 +87,39 @@ class Fulfiller:
         self._on_change = on_change
         self._poll_interval = poll_interval
         self._batch_size = batch_size
+        self._key_retention = key_retention
+        self._next_housekeeping = 0.0  # time.monotonic()
 
     async def run(self) -> None:
         """Runs passes until cancelled: back to back while there is work, then one
-        per poll interval. A failing pass is logged and retried."""
+        per poll interval; and the housekeeping once a minute. A failing pass is
+        logged and retried."""
         while True:
             try:
                 changed = await self.run_once()
+                await self._housekeeping()
             except Exception as error:
                 log_retried_failure(log, "fulfillment pass failed", error)
                 changed = 0
             if not changed:
                 await self._store.wait_for_restock(self._poll_interval)
+
+    async def _housekeeping(self) -> None:
+        if time.monotonic() < self._next_housekeeping:
+            return
+        self._next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL_SECONDS
+        await self.forget_expired_keys()
+
+    async def forget_expired_keys(self) -> int:
+        """Purges the idempotency keys older than the retention, a bounded batch per
+        transaction so that no purge holds the database for long; returns how many."""
+        before = self._clock() - self._key_retention
+        forgotten = 0
+        while True:
+            count = await self._store.forget_keys(before, KEYS_PER_PURGE)
+            forgotten += count
+            if count < KEYS_PER_PURGE:
+                return forgotten
 
     async def run_once(self) -> int:
         """One pass: cancel what is overdue, then complete what stock allows.

@@ -20,6 +20,7 @@ from server.domain.models import (
     FxConversion,
     InstantOrderRequest,
     Order,
+    OrderStatus,
     Product,
 )
 from server.domain.money import Money, is_currency
@@ -100,15 +101,21 @@ def decide_instant_order(request: InstantOrderRequest, facts: OrderFacts) -> Ord
 
 def placed_order(request: InstantOrderRequest, outcome: OrderOutcome) -> Order:
     """The order a store placed, or the API error its outcome means."""
+    if isinstance(outcome, Placed):
+        return outcome.order
+    raise refusal_of(request, outcome)
+
+
+def refusal_of(request: InstantOrderRequest, outcome: OrderOutcome) -> ApiError:
+    """The API error of an outcome that placed no order."""
     match outcome:
-        case Placed(order):
-            return order
         case DuplicateOf(transaction_id):
-            raise duplicate(request, transaction_id)
+            return duplicate(request, transaction_id)
         case BalanceSpent(price):
-            raise insufficient_balance(price)
+            return insufficient_balance(price)
         case Refused(error):
-            raise error
+            return error
+    raise ValueError(f"{outcome} placed an order")
 
 
 def rate_pair(request: InstantOrderRequest, product: Product | None) -> Pair | None:
@@ -181,3 +188,45 @@ def price_in(currency: str, product: Product, rates: Mapping[Pair, ExchangeRate]
         unit_price_original=product.price,
         fx=FxConversion(pair=rate.pair, rate=rate.rate, as_of=rate.as_of),
     )
+
+
+# --- cancellation ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    """A customer's request to cancel one of its orders, and when it was made."""
+
+    caller: Caller
+    transaction_id: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Cancellation:
+    """The order may be cancelled: with a refund now, or none (cancelled already)."""
+
+    refund: bool
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """The order, cancelled (by this request or before it)."""
+
+    order: Order
+
+
+def decide_cancellation(transaction_id: str, order: Order | None) -> Cancellation | Refused:
+    """A customer may cancel an order that still waits for stock. Cancelling a
+    cancelled order again changes nothing and is no error: a retry must not fail."""
+    if order is None:
+        return Refused(ApiError(Reason.ORDER_NOT_FOUND, transactionId=transaction_id))
+    if order.status is OrderStatus.COMPLETED:
+        return Refused(
+            ApiError(
+                Reason.ORDER_NOT_CANCELLABLE,
+                transactionId=transaction_id,
+                status=order.status.value,
+            )
+        )
+    return Cancellation(refund=order.status is OrderStatus.PROCESSING)

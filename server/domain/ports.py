@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from server.domain.idempotency import IdempotencyKey, KeyInUse, Remembered
 from server.domain.models import (
     ApiCredentials,
     AuditRecord,
@@ -24,7 +25,16 @@ from server.domain.models import (
     Product,
 )
 from server.domain.money import Money
-from server.domain.orders import NewOrder, OrderFacts, OrderOutcome, OrderPlan, Refused
+from server.domain.orders import (
+    Cancellation,
+    Cancelled,
+    CancelRequest,
+    NewOrder,
+    OrderFacts,
+    OrderOutcome,
+    OrderPlan,
+    Refused,
+)
 
 
 @dataclass(frozen=True)
@@ -59,13 +69,34 @@ class Store(Protocol):
     schema_version: int
 
     async def place_instant_order(
-        self, order: NewOrder, decide: Callable[[OrderFacts], OrderPlan | Refused]
-    ) -> OrderOutcome:
+        self,
+        order: NewOrder,
+        decide: Callable[[OrderFacts], OrderPlan | Refused],
+        key: IdempotencyKey | None = None,
+    ) -> OrderOutcome | Remembered | KeyInUse:
         """Reads the facts and lets `decide` apply the rules; unless they refuse,
         claims the clientOrderNumber, debits, reserves a code if one is in stock
         and records the order and its audit rows, all in one transaction. Facts
         that may change before the writes (a balance, a clientOrderNumber taken
-        meanwhile) are checked again by them, and reported as an outcome."""
+        meanwhile) are checked again by them, and reported as an outcome.
+
+        With a key: the answer stored with it if it has one (Remembered), or
+        KeyInUse while another transaction holds it; else the key's record of the
+        outcome is stored in the same transaction as the order."""
+        ...
+
+    async def cancel_order(
+        self,
+        request: CancelRequest,
+        decide: Callable[[Order | None], Cancellation | Refused],
+        key: IdempotencyKey | None = None,
+    ) -> Cancelled | Refused | Remembered | KeyInUse:
+        """Locks the order, lets `decide` rule, and cancels and refunds it when told,
+        in one transaction (with the key's record, as for an order)."""
+        ...
+
+    async def forget_keys(self, before: datetime, limit: int) -> int:
+        """Deletes up to `limit` idempotency keys stored before `before`; returns how many."""
         ...
 
     async def get_order(self, account_id: int, transaction_id: str) -> Order | None: ...

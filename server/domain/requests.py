@@ -7,6 +7,11 @@ import uuid
 from collections.abc import Sequence
 
 MAX_REQUEST_ID_LENGTH = 128
+#: The gRPC metadata that carries a request id: to the server, and back with a
+#: replayed answer (the id of the request first answered so).
+REQUEST_ID_METADATA = "x-request-id"
+#: Trailing metadata of an answer stored for an idempotency key and given again.
+REPLAYED_METADATA = "idempotent-replayed"
 
 
 def request_id_from(given: Sequence[str]) -> str:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
 
@@ -17,6 +18,16 @@ from server.domain.auth import (
 )
 from server.domain.clock import utc_now
 from server.domain.errors import ApiError, Reason, invalid_request
+from server.domain.idempotency import (
+    IdempotencyKey,
+    KeyInUse,
+    Remembered,
+    cancellation_record,
+    in_use,
+    key_for,
+    order_record,
+    replay,
+)
 from server.domain.limits import DEFAULT_LIMITS, Limiter, Limits
 from server.domain.models import (
     AuditEvent,
@@ -32,7 +43,14 @@ from server.domain.models import (
     Product,
 )
 from server.domain.money import Money, is_currency
-from server.domain.orders import NewOrder, decide_instant_order, placed_order
+from server.domain.orders import (
+    CancelRequest,
+    NewOrder,
+    Refused,
+    decide_cancellation,
+    decide_instant_order,
+    placed_order,
+)
 from server.domain.ports import Store
 from server.domain.updates import OrderUpdates
 
@@ -119,17 +137,58 @@ class InstantOrdersService:
 
     # --- orders ---------------------------------------------------------------------
 
-    async def create_instant_order(self, caller: Caller, request: InstantOrderRequest) -> Order:
+    async def create_instant_order(
+        self, caller: Caller, request: InstantOrderRequest, idempotency_key: str = ""
+    ) -> Order:
         check_text("sku", request.sku, MAX_SKU_LENGTH, required=True)
         check_text("clientOrderNumber", request.client_order_number, MAX_CLIENT_ORDER_NUMBER_LENGTH)
         # Any printable code of sane length reaches the currency rules, which
         # answer UNSUPPORTED_CURRENCY for one that is not ISO 4217.
         check_text("payWithCurrency", request.pay_with_currency, MAX_CURRENCY_LENGTH)
+        key = key_for(
+            idempotency_key, caller.request_id, partial(order_record, request),
+            "CreateInstantOrder", **dataclasses.asdict(request),
+        )  # fmt: skip
         order = NewOrder(caller, request, new_transaction_id(), self._clock())
         outcome = await self._store.place_instant_order(
-            order, decide=partial(decide_instant_order, request)
+            order, partial(decide_instant_order, request), key
         )
+        if isinstance(outcome, Remembered | KeyInUse):
+            return await self._replayed(caller, key, outcome)
         return placed_order(request, outcome)
+
+    async def cancel_order(
+        self, caller: Caller, transaction_id: str, idempotency_key: str = ""
+    ) -> Order:
+        """Cancels and refunds an order still waiting for stock; its watchers hear it."""
+        check_text("transactionId", transaction_id, MAX_TRANSACTION_ID_LENGTH, required=True)
+        key = key_for(
+            idempotency_key, caller.request_id, cancellation_record,
+            "CancelOrder", transactionId=transaction_id,
+        )  # fmt: skip
+        outcome = await self._store.cancel_order(
+            CancelRequest(caller, transaction_id, self._clock()),
+            partial(decide_cancellation, transaction_id),
+            key,
+        )
+        if isinstance(outcome, Remembered | KeyInUse):
+            return await self._replayed(caller, key, outcome)
+        if isinstance(outcome, Refused):
+            raise outcome.error
+        self.updates.notify([transaction_id])
+        return outcome.order
+
+    async def _replayed(
+        self, caller: Caller, key: IdempotencyKey | None, outcome: Remembered | KeyInUse
+    ) -> Order:
+        """The answer stored with the key, given again (or IN_USE while there is none)."""
+        assert key is not None  # a store answers so only for a key
+        if isinstance(outcome, KeyInUse):
+            raise in_use()
+        record = replay(outcome, key)  # raises the refusal it stored
+        assert record.transaction_id is not None and record.status is not None
+        order = await self.get_order(caller, record.transaction_id)
+        return replace(order, status=record.status, code=None)
 
     async def get_order(self, caller: Caller, transaction_id: str) -> Order:
         check_text("transactionId", transaction_id, MAX_TRANSACTION_ID_LENGTH, required=True)

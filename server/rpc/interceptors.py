@@ -21,9 +21,10 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from server.domain.errors import ApiError, Reason, api_error_of, invalid_request
+from server.domain.idempotency import REPLAYED_FROM
 from server.domain.limits import Budget
 from server.domain.models import Caller
-from server.domain.requests import request_id_from
+from server.domain.requests import REPLAYED_METADATA, REQUEST_ID_METADATA, request_id_from
 from server.logs import REQUEST_ID
 
 #: ErrorInfo.domain of every error this service raises.
@@ -46,8 +47,9 @@ def current_caller() -> Caller:
     return _CALLER.get()
 
 
-def to_rpc_status(error: ApiError) -> grpc.Status:
-    """An ApiError as google.rpc.Status with exactly one ErrorInfo (AIP-193)."""
+def to_rpc_status(error: ApiError, metadata: Metadata = ()) -> grpc.Status:
+    """An ApiError as google.rpc.Status with exactly one ErrorInfo (AIP-193), and
+    `metadata` beside it in the trailers."""
     info = error_details_pb2.ErrorInfo(
         reason=error.reason.name, domain=ERROR_DOMAIN, metadata=error.metadata
     )
@@ -56,7 +58,19 @@ def to_rpc_status(error: ApiError) -> grpc.Status:
     status = status_pb2.Status(
         code=error.reason.code.value, message=error.message, details=[detail]
     )
-    return rpc_status.to_status(status)
+    converted = rpc_status.to_status(status)
+    return converted._replace(trailing_metadata=(*converted.trailing_metadata, *metadata))
+
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+def _replay_metadata() -> Metadata:
+    """Trailers of a replayed answer: it is one, and the request first answered so."""
+    original = REPLAYED_FROM.get()
+    if original is None:
+        return ()
+    return ((REPLAYED_METADATA, "true"), (REQUEST_ID_METADATA, original))
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
@@ -74,7 +88,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or not handler_call_details.method.startswith(API_METHOD_PREFIX):
             return handler
-        given = _values(handler_call_details.invocation_metadata, "x-request-id")
+        given = _values(handler_call_details.invocation_metadata, REQUEST_ID_METADATA)
         guard = functools.partial(_Guarded, request_id_from(given))
         return _wrap(_refusing_undecodable(handler), guard)
 
@@ -155,16 +169,22 @@ class _Guarded:
 
     async def __aenter__(self) -> None:
         REQUEST_ID.set(self._request_id)
+        REPLAYED_FROM.set(None)
 
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any
     ) -> None:
-        if error is None or isinstance(error, grpc.aio.AbortError):
+        replayed = _replay_metadata()
+        if error is None:
+            if replayed:
+                self._context.set_trailing_metadata(replayed)
+            return
+        if isinstance(error, grpc.aio.AbortError):
             return
         meaning = api_error_of(error)
         if meaning is not None:
             log.info("call refused: %s", meaning.reason.name)
-            await self._context.abort_with_status(to_rpc_status(meaning))
+            await self._context.abort_with_status(to_rpc_status(meaning, replayed))
         elif isinstance(error, Exception):
             log.error("unexpected failure", exc_info=error)
             await self._context.abort_with_status(to_rpc_status(ApiError(Reason.INTERNAL)))

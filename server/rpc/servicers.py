@@ -34,7 +34,17 @@ class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
         self, request: orders_pb2.CreateInstantOrderRequest, context: Context
     ) -> orders_pb2.Order:
         order_request = converters.instant_order_request(request)
-        order = await self._service.create_instant_order(current_caller(), order_request)
+        order = await self._service.create_instant_order(
+            current_caller(), order_request, request.request_id
+        )
+        return converters.order(order)
+
+    async def CancelOrder(
+        self, request: orders_pb2.CancelOrderRequest, context: Context
+    ) -> orders_pb2.Order:
+        order = await self._service.cancel_order(
+            current_caller(), request.transaction_id, request.request_id
+        )
         return converters.order(order)
 
     async def GetOrder(

@@ -16,6 +16,7 @@ from functools import partial
 from typing import Any, ParamSpec, TypeVar
 
 from server.domain.clock import micros
+from server.domain.idempotency import IdempotencyKey, KeyInUse, Remembered
 from server.domain.models import (
     ApiCredentials,
     AuditRecord,
@@ -26,7 +27,14 @@ from server.domain.models import (
     Product,
 )
 from server.domain.money import Money
-from server.domain.orders import NewOrder, OrderOutcome
+from server.domain.orders import (
+    Cancellation,
+    Cancelled,
+    CancelRequest,
+    NewOrder,
+    OrderOutcome,
+    Refused,
+)
 from server.domain.ports import Dataset, NewCode
 from server.keys import CodeCipher
 from server.store import statements as sql
@@ -86,8 +94,21 @@ class SqlStore(ABC):
 
     # --- orders ---------------------------------------------------------------------
 
-    async def place_instant_order(self, order: NewOrder, decide: Decide) -> OrderOutcome:
-        return await self._write(transactions.place_instant_order, order, decide, self._cipher)
+    async def place_instant_order(
+        self, order: NewOrder, decide: Decide, key: IdempotencyKey | None = None
+    ) -> OrderOutcome | Remembered | KeyInUse:
+        return await self._write(transactions.place_instant_order, order, decide, self._cipher, key)
+
+    async def cancel_order(
+        self,
+        request: CancelRequest,
+        decide: Callable[[Order | None], Cancellation | Refused],
+        key: IdempotencyKey | None = None,
+    ) -> Cancelled | Refused | Remembered | KeyInUse:
+        return await self._write(transactions.cancel_order, request, decide, self._cipher, key)
+
+    async def forget_keys(self, before: datetime, limit: int) -> int:
+        return await self._write(transactions.forget_keys, before, limit)
 
     async def get_order(self, account_id: int, transaction_id: str) -> Order | None:
         return await self._read(transactions.get_order, account_id, transaction_id, self._cipher)

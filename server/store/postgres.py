@@ -33,6 +33,7 @@ from typing import Any, ParamSpec, TypeVar
 import asyncpg
 
 from server.domain.failures import DataConflict, StorageUnavailable
+from server.domain.idempotency import IdempotencyKey, KeyInUse, Remembered
 from server.domain.models import OrderStatus
 from server.domain.orders import (
     BalanceSpent,
@@ -40,14 +41,22 @@ from server.domain.orders import (
     NewOrder,
     OrderFacts,
     OrderOutcome,
+    OrderPlan,
     Placed,
     Refused,
 )
 from server.keys import CodeCipher
 from server.store import statements as sql
+from server.store import transactions
 from server.store.base import SqlStore
 from server.store.common import RestockSignal, SchemaTooNew
-from server.store.rows import SealedCode, balances_from_rows, priced_product, rate_from_row
+from server.store.rows import (
+    SealedCode,
+    balances_from_rows,
+    priced_product,
+    rate_from_row,
+    remembered_from_row,
+)
 from server.store.schema import LEGACY_VERSIONS, ROUTINES, SCHEMA_VERSION, migrate
 from server.store.sql import Dialect, Query, Returns, Rollback, Statement, Unit, advance
 from server.store.transactions import Decide, as_placed, one, order_params
@@ -188,28 +197,44 @@ class PostgresStore(SqlStore):
 
     # --- orders ---------------------------------------------------------------------
 
-    async def place_instant_order(self, order: NewOrder, decide: Decide) -> OrderOutcome:
+    async def place_instant_order(
+        self, order: NewOrder, decide: Decide, key: IdempotencyKey | None = None
+    ) -> OrderOutcome | Remembered | KeyInUse:
         """Two round trips: the facts in one query, the writes in one statement
         (place_instant_order in schema.py), each atomic alone; what may change
-        between them (a balance spent, a number claimed) the statement checks again."""
+        between them (a balance spent, a number claimed, a key used) the statement
+        checks again. A refusal found outside that statement is stored with the
+        key in a transaction of its own: nothing else changed."""
         caller, request = order.caller, order.request
-        facts = _order_facts(
-            await self._query(
-                sql.ORDER_FACTS.row(
-                    sku=request.sku,
-                    account_id=caller.account_id,
-                    client_order_number=request.client_order_number,
-                )
+        row = await self._query(
+            sql.ORDER_FACTS.row(
+                sku=request.sku,
+                account_id=caller.account_id,
+                client_order_number=request.client_order_number,
+                idempotency_key="" if key is None else key.key,
             )
         )
-        plan = decide(facts)
-        if isinstance(plan, Refused):
-            return plan
+        if row["remembered"] is not None:
+            return remembered_from_row(row["remembered"])
+        plan = decide(_order_facts(row))
+        outcome = plan if isinstance(plan, Refused) else await self._place(order, plan, key)
+        if key is None or isinstance(outcome, Placed | Remembered | KeyInUse):
+            return outcome
+        held = await self._write(
+            transactions.remember_refusal, caller.account_id, key, key.record_of(outcome), order.at
+        )
+        return outcome if held is None else held
+
+    async def _place(
+        self, order: NewOrder, plan: OrderPlan, key: IdempotencyKey | None
+    ) -> OrderOutcome | Remembered | KeyInUse:
         place = sql.PLACE_INSTANT_ORDER.row(
             **order_params(order, plan, OrderStatus.PROCESSING),
-            dup_check=request.dup_check,
-            api_key=caller.api_key,
-            request_id=caller.request_id or None,
+            dup_check=order.request.dup_check,
+            api_key=order.caller.api_key,
+            request_id=order.caller.request_id or None,
+            idempotency_key=None if key is None else key.key,
+            fingerprint=None if key is None else key.fingerprint,
         )
         try:
             placed = await self._statement(place)
@@ -217,6 +242,10 @@ class PostgresStore(SqlStore):
             if error.sqlstate == _BALANCE_SPENT:
                 return BalanceSpent(plan.unit_price)
             raise
+        if placed["key_state"] == "in_use":
+            return KeyInUse()
+        if placed["key_state"] == "remembered":
+            return remembered_from_row(_unprefixed(placed, "remembered_"))
         if placed["duplicate_of"] is not None:
             return DuplicateOf(placed["duplicate_of"])
         code = None
@@ -227,6 +256,12 @@ class PostgresStore(SqlStore):
             code = sealed.opened(self._cipher)
         status = OrderStatus(placed["order_status"])
         return Placed(as_placed(order, plan, placed["stock_id"], status, code))
+
+
+def _unprefixed(row: Any, prefix: str) -> dict[str, Any]:
+    """The row's columns named `prefix`..., without the prefix."""
+    columns = row.keys()
+    return {key.removeprefix(prefix): row[key] for key in columns if key.startswith(prefix)}
 
 
 #: Only PostgreSQL can wake other processes; SQLite's fulfillers poll.

@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 from server.domain.clock import from_micros, micros
+from server.domain.idempotency import KeyRecord, Remembered
 from server.domain.models import (
     ApiCredentials,
     AuditEvent,
@@ -156,6 +157,17 @@ def credentials_from_row(row: Row) -> ApiCredentials:
     return ApiCredentials(
         row["api_key"], row["account_id"], row["secret_hash"], bool(row["active"])
     )
+
+
+def remembered_from_row(row: Row) -> Remembered:
+    """An idempotency key's row (or the columns named so by place_instant_order)."""
+    status = row["status"]
+    record = KeyRecord(
+        transaction_id=row["transaction_id"],
+        status=None if status is None else OrderStatus(status),
+        refusal=row["refusal"],
+    )
+    return Remembered(row["fingerprint"], row["request_id"], record)
 
 
 def audit_from_row(row: Row) -> AuditRecord:

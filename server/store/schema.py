@@ -240,6 +240,24 @@ WHERE o.client_order_number <> '' AND o.id = (
 ON CONFLICT DO NOTHING;
 """
 
+_IDEMPOTENCY_KEYS = """
+-- The answer given to the first request with each Idempotency-Key, written in
+-- the transaction of the change it answers: an order and its status then, or
+-- the refusal (JSON). Kept for --idempotency-retention, then purged.
+CREATE TABLE idempotency_keys (
+    account_id      {int} NOT NULL REFERENCES accounts(id),
+    idempotency_key TEXT NOT NULL,
+    fingerprint     TEXT NOT NULL,  -- the request's operation and data, hashed
+    request_id      TEXT NOT NULL,  -- echoed by every replay
+    transaction_id  TEXT,
+    status          TEXT,
+    refusal         TEXT,
+    created_at_us   {int} NOT NULL,
+    PRIMARY KEY (account_id, idempotency_key)
+) {without_rowid};
+CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at_us);
+"""
+
 #: A step's pieces: DDL (with fragments), DDL per dialect, or a transaction.
 Piece = str | Statement | Callable[[CodeCipher], Unit[None]]
 MIGRATIONS: tuple[tuple[Piece, ...], ...] = (
@@ -248,6 +266,7 @@ MIGRATIONS: tuple[tuple[Piece, ...], ...] = (
     (_SECURITY, _AUDIT_IS_APPEND_ONLY),
     (_seal_codes,),
     (_CLIENT_ORDER_NUMBERS,),
+    (_IDEMPOTENCY_KEYS,),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 #: PostgreSQL versions stored by an earlier numbering, and what they mean here.
@@ -304,7 +323,9 @@ def _place_instant_order() -> str:
     """An instant order's writes in one statement: one round trip, as SQLite does
     them in one hop to its thread (transactions.apply_order_plan, whose steps
     and statements these are). A balance spent meanwhile raises IO001, which
-    rolls the whole statement back."""
+    rolls the whole statement back. With an Idempotency-Key, the key is held
+    first (in use elsewhere: it says so), a stored answer is returned as it is,
+    and the answer is stored with the order."""
     price = {"currency": "p_pay_currency", "amount_minor": "p_unit_price_minor"}
     created = plpgsql(
         sql.INSERT_AUDIT,
@@ -323,6 +344,13 @@ def _place_instant_order() -> str:
         kind=_literal(LedgerKind.ORDER.value),
         order_id="v_stock_id",
     )
+    remember = plpgsql(
+        sql.REMEMBER_KEY,
+        request_id="coalesce(p_request_id, '')",
+        transaction_id="p_transaction_id",
+        status="v_status",
+        refusal="NULL",
+    )
     processing, completed_status = OrderStatus.PROCESSING.value, OrderStatus.COMPLETED.value
     return f"""
 CREATE FUNCTION place_instant_order(
@@ -330,16 +358,34 @@ CREATE FUNCTION place_instant_order(
     p_dup_check boolean, p_sku text, p_pay_currency text, p_unit_price_minor bigint,
     p_original_currency text, p_unit_price_original_minor bigint, p_fx_rate text,
     p_fx_as_of text, p_at bigint, p_api_key text, p_request_id text,
+    p_idempotency_key text, p_fingerprint text,
+    OUT key_state text, OUT remembered_fingerprint text, OUT remembered_request_id text,
+    OUT remembered_transaction_id text, OUT remembered_status text,
+    OUT remembered_refusal text,
     OUT duplicate_of text, OUT stock_id bigint, OUT order_status text, OUT code_id bigint,
     OUT code_key_id bigint, OUT code_redeem bytea, OUT code_pin bytea)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 -- No variable is named as a column: each :parameter becomes p_... or v_...
 DECLARE
+    v_key_free boolean;
     v_claimed text;
     v_status text;
     v_stock_id bigint;
 BEGIN
+    IF p_idempotency_key IS NOT NULL THEN
+        {plpgsql(sql.LOCK_KEY)} INTO v_key_free;
+        IF NOT v_key_free THEN
+            key_state := 'in_use';
+            RETURN;
+        END IF;
+        {plpgsql(sql.RECALL_KEY)} INTO remembered_fingerprint, remembered_request_id,
+            remembered_transaction_id, remembered_status, remembered_refusal;
+        IF FOUND THEN
+            key_state := 'remembered';
+            RETURN;
+        END IF;
+    END IF;
     IF p_client_order_number <> '' THEN
         {plpgsql(sql.CLAIM_CLIENT_ORDER_NUMBER)} INTO v_claimed;
         IF v_claimed IS NULL AND p_dup_check THEN
@@ -361,6 +407,9 @@ BEGIN
     IF code_id IS NOT NULL THEN
         {plpgsql(sql.SELL_CODE, order_id="v_stock_id", code_id="code_id")};
         {completed};
+    END IF;
+    IF p_idempotency_key IS NOT NULL THEN
+        {remember};
     END IF;
     stock_id := v_stock_id;
     order_status := v_status;

@@ -35,6 +35,8 @@ FRAGMENTS: dict[str, dict[Dialect, str]] = {
     "skip_locked": {Dialect.SQLITE: "", Dialect.POSTGRES: "FOR UPDATE SKIP LOCKED"},
     # A lock held until commit. SQLite's writers already exclude each other.
     "for_update": {Dialect.SQLITE: "", Dialect.POSTGRES: "FOR UPDATE"},
+    # The same, for the order of a query that also reads its code (nullable side).
+    "lock_order": {Dialect.SQLITE: "", Dialect.POSTGRES: "FOR UPDATE OF o"},
     # Left to itself, SQLite walks the NULL entries of the order_id index (every
     # SKU's unsold codes) to find one SKU's: the partial index costs O(log n).
     # PostgreSQL's planner picks it unaided.

@@ -20,9 +20,10 @@ _ORDER = """
            c.redeem_code, c.pin_code
     FROM orders o LEFT JOIN codes c ON c.order_id = o.id
 """
-ORDER_BY_TRANSACTION_ID = Statement(
-    _ORDER + "WHERE o.transaction_id = :transaction_id AND o.account_id = :account_id"
-)
+_OF_ACCOUNT = "WHERE o.transaction_id = :transaction_id AND o.account_id = :account_id"
+ORDER_BY_TRANSACTION_ID = Statement(_ORDER + _OF_ACCOUNT)
+#: The order a customer cancels, locked until the cancellation commits.
+ORDER_TO_CANCEL = Statement(_ORDER + _OF_ACCOUNT + " {lock_order}")
 
 
 def _orders_of_account(*filters: str) -> tuple[Statement, Statement]:
@@ -95,7 +96,9 @@ SELL_CODE = Statement("UPDATE codes SET order_id = :order_id WHERE id = :code_id
 # (SQLite reads them with the statements above, in its write transaction,
 # where each costs microseconds), then place_instant_order (schema.py).
 ORDER_FACTS = Statement(
-    "SELECT (SELECT p FROM products p WHERE p.sku = :sku) AS product,"
+    "SELECT (SELECT k FROM idempotency_keys k WHERE k.account_id = :account_id"
+    "  AND k.idempotency_key = :idempotency_key) AS remembered,"
+    " (SELECT p FROM products p WHERE p.sku = :sku) AS product,"
     " ARRAY(SELECT b FROM balances b WHERE b.account_id = :account_id) AS balances,"
     " ARRAY(SELECT r FROM rates r WHERE r.base ="
     "  (SELECT currency FROM products WHERE sku = :sku)) AS rates,"
@@ -105,7 +108,34 @@ ORDER_FACTS = Statement(
 PLACE_INSTANT_ORDER = Statement(
     "SELECT * FROM place_instant_order(:transaction_id, :account_id, :client_order_number,"
     " :dup_check, :sku, :pay_currency, :unit_price_minor, :original_currency,"
-    " :unit_price_original_minor, :fx_rate, :fx_as_of, :at, :api_key, :request_id)"
+    " :unit_price_original_minor, :fx_rate, :fx_as_of, :at, :api_key, :request_id,"
+    " :idempotency_key, :fingerprint)"
+)
+
+# --- idempotency keys --------------------------------------------------------------
+
+#: Taken first by a transaction that may store the answer to a key, so that one
+#: request at a time holds a key: on PostgreSQL an advisory lock, held until the
+#: transaction ends and never waited for (taken elsewhere: the key is in use).
+#: SQLite's writers are serialized, so there a key is always free.
+LOCK_KEY = Statement.differing(
+    sqlite="SELECT 1",
+    postgres="SELECT pg_try_advisory_xact_lock(hashtextextended(:idempotency_key, :account_id))",
+)
+RECALL_KEY = Statement(
+    "SELECT fingerprint, request_id, transaction_id, status, refusal FROM idempotency_keys"
+    " WHERE account_id = :account_id AND idempotency_key = :idempotency_key"
+)
+REMEMBER_KEY = Statement(
+    "INSERT INTO idempotency_keys (account_id, idempotency_key, fingerprint, request_id,"
+    " transaction_id, status, refusal, created_at_us) VALUES (:account_id, :idempotency_key,"
+    " :fingerprint, :request_id, :transaction_id, :status, :refusal, :at)"
+)
+#: Keys older than the retention, a bounded batch at a time.
+FORGET_KEYS = Statement(
+    "DELETE FROM idempotency_keys WHERE (account_id, idempotency_key) IN"
+    " (SELECT account_id, idempotency_key FROM idempotency_keys"
+    "  WHERE created_at_us < :before LIMIT :limit)"
 )
 
 # --- fulfillment -------------------------------------------------------------------

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import replace
 from datetime import datetime
 from itertools import groupby
 from typing import Any
 
 from server.domain.clock import micros
 from server.domain.failures import DataConflict
+from server.domain.idempotency import IdempotencyKey, KeyInUse, KeyRecord, Remembered
 from server.domain.models import (
     AuditEvent,
     AuditRecord,
+    Caller,
     DeliveredCode,
     InstantOrderRequest,
     LedgerKind,
@@ -32,6 +35,9 @@ from server.domain.models import (
 from server.domain.money import Money
 from server.domain.orders import (
     BalanceSpent,
+    Cancellation,
+    Cancelled,
+    CancelRequest,
     DuplicateOf,
     NewOrder,
     OrderFacts,
@@ -53,6 +59,7 @@ from server.store.rows import (
     product_params,
     rate_from_row,
     rate_params,
+    remembered_from_row,
 )
 from server.store.sql import Query, Rollback, Unit
 
@@ -75,14 +82,25 @@ def get_order(account_id: int, transaction_id: str, cipher: CodeCipher) -> Unit[
 
 
 def place_instant_order(
-    new_order: NewOrder, decide: Decide, cipher: CodeCipher
-) -> Unit[OrderOutcome]:
-    """Reads the facts, lets the rules decide and applies their plan, in one transaction."""
-    facts = yield from order_facts(new_order.caller.account_id, new_order.request)
+    new_order: NewOrder, decide: Decide, cipher: CodeCipher, key: IdempotencyKey | None
+) -> Unit[OrderOutcome | Remembered | KeyInUse]:
+    """Reads the facts, lets the rules decide and applies their plan, in one
+    transaction; with a key, that transaction also holds the key and stores its
+    answer (or gives back the one stored)."""
+    account_id = new_order.caller.account_id
+    if key is not None:
+        held = yield from claim_key(account_id, key)
+        if held is not None:
+            return held
+    facts = yield from order_facts(account_id, new_order.request)
     decision = decide(facts)
     if isinstance(decision, Refused):
-        return decision
-    return (yield from apply_order_plan(new_order, decision, cipher))
+        outcome: OrderOutcome = decision
+    else:
+        outcome = yield from apply_order_plan(new_order, decision, cipher)
+    if key is not None:
+        yield from remember(account_id, key, key.record_of(outcome), new_order.at)
+    return outcome
 
 
 def order_facts(account_id: int, request: InstantOrderRequest) -> Unit[OrderFacts]:
@@ -250,18 +268,60 @@ def cancel_overdue(created_before: datetime, now: datetime, limit: int) -> Unit[
     overdue = yield sql.CLAIM_OVERDUE_ORDERS.column(before=micros(created_before), limit=limit)
     if not overdue:
         return []
-    cancelled = yield from finish(overdue, OrderStatus.CANCELLED, now)
+    cancelled = yield from cancel_and_refund(overdue, now)
+    position = {order_id: index for index, order_id in enumerate(overdue)}
+    return [row["transaction_id"] for row in sorted(cancelled, key=lambda r: position[r["id"]])]
+
+
+def cancel_order(
+    request: CancelRequest,
+    decide: Callable[[Order | None], Cancellation | Refused],
+    cipher: CodeCipher,
+    key: IdempotencyKey | None,
+) -> Unit[Cancelled | Refused | Remembered | KeyInUse]:
+    """A customer's cancellation: the order is locked, the rules decide, and a
+    PROCESSING order is cancelled with its refund; with a key, as for an order."""
+    account_id = request.caller.account_id
+    if key is not None:
+        held = yield from claim_key(account_id, key)
+        if held is not None:
+            return held
+    row = yield sql.ORDER_TO_CANCEL.row(
+        transaction_id=request.transaction_id, account_id=account_id
+    )
+    order = None if row is None else order_from_row(row, cipher)
+    decision = decide(order)
+    if isinstance(decision, Refused):
+        outcome: Cancelled | Refused = decision
+    else:
+        assert order is not None  # the rules refuse a missing order
+        if decision.refund:
+            yield from cancel_and_refund([order.stock_id], request.at, by=request.caller)
+            order = replace(order, status=OrderStatus.CANCELLED)
+        outcome = Cancelled(order)
+    if key is not None:
+        yield from remember(account_id, key, key.record_of(outcome), request.at)
+    return outcome
+
+
+def cancel_and_refund(
+    order_ids: list[int], now: datetime, by: Caller | None = None
+) -> Unit[list[Any]]:
+    """PROCESSING -> CANCELLED, each with its refund; returns the rows changed."""
+    cancelled = yield from finish(order_ids, OrderStatus.CANCELLED, now, by)
     at = micros(now)
     # Balances are locked in one order by everyone, so refunds cannot deadlock.
     for row in sorted(cancelled, key=lambda row: (row["account_id"], row["pay_currency"])):
         refund = Money.from_minor(row["unit_price_minor"], row["pay_currency"])
         yield from credit(row["account_id"], refund, at, LedgerKind.REFUND, row["id"])
-    position = {order_id: index for index, order_id in enumerate(overdue)}
-    return [row["transaction_id"] for row in sorted(cancelled, key=lambda r: position[r["id"]])]
+    return cancelled
 
 
-def finish(order_ids: list[int], status: OrderStatus, now: datetime) -> Unit[list[Any]]:
-    """PROCESSING -> `status`, with the fulfiller's audit rows; returns the rows changed."""
+def finish(
+    order_ids: list[int], status: OrderStatus, now: datetime, by: Caller | None = None
+) -> Unit[list[Any]]:
+    """PROCESSING -> `status`, with audit rows naming who did it (the fulfiller, or
+    the customer's key and request); returns the rows changed."""
     finished = yield sql.FINISH_ORDERS.rows(ids=order_ids, status=status.value, at=micros(now))
     event = (
         AuditEvent.ORDER_COMPLETED
@@ -273,13 +333,58 @@ def finish(order_ids: list[int], status: OrderStatus, now: datetime) -> Unit[lis
             at=now,
             event=event,
             account_id=row["account_id"],
+            api_key=None if by is None else by.api_key,
+            request_id=None if by is None else by.request_id,
             transaction_id=row["transaction_id"],
-            details={"by": "fulfiller"},
+            details={"by": "fulfiller" if by is None else "customer"},
         )
         for row in finished
     )
     yield sql.INSERT_AUDIT.many(audit_params(record) for record in records)
     return list(finished)
+
+
+# --- idempotency keys --------------------------------------------------------------
+
+
+def claim_key(account_id: int, key: IdempotencyKey) -> Unit[Remembered | KeyInUse | None]:
+    """Holds the key for this transaction and recalls its stored answer; None: the
+    key is new, and this transaction will store its answer."""
+    where = {"account_id": account_id, "idempotency_key": key.key}
+    if not (yield sql.LOCK_KEY.value(**where)):
+        return KeyInUse()
+    row = yield sql.RECALL_KEY.row(**where)
+    return None if row is None else remembered_from_row(row)
+
+
+def remember(account_id: int, key: IdempotencyKey, record: KeyRecord, now: datetime) -> Unit[None]:
+    yield sql.REMEMBER_KEY.run(
+        account_id=account_id,
+        idempotency_key=key.key,
+        fingerprint=key.fingerprint,
+        request_id=key.request_id,
+        transaction_id=record.transaction_id,
+        status=None if record.status is None else record.status.value,
+        refusal=record.refusal,
+        at=micros(now),
+    )
+
+
+def remember_refusal(
+    account_id: int, key: IdempotencyKey, record: KeyRecord, now: datetime
+) -> Unit[Remembered | KeyInUse | None]:
+    """Stores a refusal found outside a transaction that held the key (PostgreSQL's
+    two round trips); the answer stored meanwhile, if another request stored one."""
+    held = yield from claim_key(account_id, key)
+    if held is None:
+        yield from remember(account_id, key, record, now)
+    return held
+
+
+def forget_keys(before: datetime, limit: int) -> Unit[int]:
+    """Deletes up to `limit` keys stored before `before`; returns how many."""
+    forgotten: int = yield sql.FORGET_KEYS.count(before=micros(before), limit=limit)
+    return forgotten
 
 
 # --- money -------------------------------------------------------------------------

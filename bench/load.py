@@ -14,6 +14,7 @@ import statistics
 import struct
 import subprocess
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +95,7 @@ _WRK_SCRIPT = """
 wrk.method = %(method)s
 wrk.body = %(body)s
 %(headers)s
+%(unique)s
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -105,6 +107,16 @@ end
 """
 
 
+_WRK_UNIQUE = """
+local sent = 0
+request = function()
+  sent = sent + 1
+  wrk.headers[%(header)s] = %(prefix)s .. "-" .. sent
+  return wrk.format()
+end
+"""
+
+
 def wrk_http(
     url: str,
     method: str,
@@ -112,12 +124,21 @@ def wrk_http(
     headers: dict[str, str],
     seconds: float,
     concurrency: int = CONCURRENCY,
+    unique_header: str = "",
 ) -> Load:
-    """HTTP/1.1 keep-alive requests; any non-2xx answer counts as a failure."""
+    """HTTP/1.1 keep-alive requests; any non-2xx answer counts as a failure. With
+    `unique_header`, every request carries that header with a value of its own
+    (an Idempotency-Key per order)."""
     lines = "\n".join(
         f"wrk.headers[{_lua(name)}] = {_lua(value)}" for name, value in headers.items()
     )
-    script = _WRK_SCRIPT % {"method": _lua(method), "body": _lua(body.decode()), "headers": lines}
+    unique = _WRK_UNIQUE % {"header": _lua(unique_header), "prefix": _lua(uuid.uuid4().hex)}
+    script = _WRK_SCRIPT % {
+        "method": _lua(method),
+        "body": _lua(body.decode()),
+        "headers": lines,
+        "unique": unique if unique_header else "",
+    }
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as file:
         file.write(script)
         file.flush()

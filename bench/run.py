@@ -261,10 +261,12 @@ class Bench:
         return lambda seconds: h2load_grpc(target, rpc, message, self.headers, seconds)
 
     def http_load(
-        self, base: str, method: str, path: str, body: bytes = b""
+        self, base: str, method: str, path: str, body: bytes = b"", unique_header: str = ""
     ) -> Callable[[float], Load]:
         headers = {**self.headers, "content-type": "application/json"} if body else self.headers
-        return lambda seconds: wrk_http(base + path, method, body, headers, seconds)
+        return lambda seconds: wrk_http(
+            base + path, method, body, headers, seconds, unique_header=unique_header
+        )
 
     def orders_written(self, sku: str) -> Callable[[], Callable[[Load], None]]:
         """Every answered order exists (h2load cannot see grpc-status: a failed call
@@ -323,6 +325,12 @@ def request_scenarios(bench: Bench, service: Meter, server: Meter, ceiling: Mete
             bench.http_load(bench.http_base, "POST", "/v2/orders/instant", _order_json(sku)),
             bench.orders_written(sku),
         )  # fmt: skip
+    bench.measure(
+        "REST POST /v2/orders/instant, in stock, Idempotency-Key", rest_ceiling.name, service,
+        bench.http_load(bench.http_base, "POST", "/v2/orders/instant", _order_json(IN_STOCK),
+                        unique_header="Idempotency-Key"),
+        bench.orders_written(IN_STOCK),
+    )  # fmt: skip
     poll = f"/v2/orders?transactionId={bench.transaction_id}"
     poll_ceiling = bench.measure(
         "REST ceiling: GET /v2/orders?transactionId=", None, ceiling,
@@ -426,7 +434,7 @@ def run(bench: Bench) -> dict[str, Any]:
     server, gateway = bench.start_service()
     bench.sign_in()
     stub, stub_gateway = bench.start_ceiling(bench.record_replies())
-    bench.ensure_stock(2 * per_scenario)
+    bench.ensure_stock(3 * per_scenario)  # three in-stock order scenarios
     request_scenarios(
         bench, Meter([server, gateway]), Meter([server]), Meter([stub, stub_gateway]), Meter([stub])
     )

@@ -165,3 +165,14 @@ async def after(yields: int, racer: Awaitable[Any]) -> Any:
     for _ in range(yields):
         await asyncio.sleep(0)
     return await racer
+
+
+async def test_two_cancellations_at_once_refund_once(api, accounts, database):
+    acme = accounts["acme"]
+    tx = await waiting(api, acme)
+    answers = await asyncio.gather(
+        *(api.call(CANCEL, {"transactionId": tx}, acme) for _ in range(5))
+    )
+    assert all(answer.expect_ok()["status"] == "CANCELLED" for answer in answers)
+    assert refunds(database) == 1
+    assert_fulfillment_consistent(database)

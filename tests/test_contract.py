@@ -173,3 +173,17 @@ async def test_openapi_marks_the_required_sku(http):
         "clientOrderNumber", "enableClientOrderNumberDupCheck", "sku", "payWithCurrency",
     }  # fmt: skip
     assert all(re.fullmatch(r"/v2/[a-z/{}A-Z-]+", path) for path in document["paths"])
+
+
+async def test_openapi_documents_the_idempotency_key_where_it_is_taken(http):
+    document = await (await http.get("/openapi.json")).json()
+    keyed = {
+        (path, method)
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if any(p["in"] == "header" and p["name"] == "Idempotency-Key"
+               for p in operation["parameters"])
+    }  # fmt: skip
+    assert keyed == {("/v2/orders/instant", "post"), ("/v2/orders/{transactionId}/cancel", "post")}
+    body = document["components"]["schemas"]["CreateInstantOrderRequest"]
+    assert "requestId" not in body["properties"]  # the header, not the body, carries it

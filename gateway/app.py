@@ -7,8 +7,10 @@ Response: message -> proto3 JSON -> {"requestId", "data"}; errors -> {"requestId
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,9 +18,8 @@ from typing import Any
 import grpc
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway import errors, streams, transcode
+from gateway import errors, probes, streams, transcode
 from gateway.openapi import openapi_document
 from gateway.responses import (
     REPLAYED,
@@ -31,6 +32,7 @@ from gateway.responses import (
     note_replay,
 )
 from gateway.routes import Route, load_routes
+from server import metrics, tracing
 from server.domain.errors import ApiError, Reason
 from server.domain.requests import request_id_from
 
@@ -59,7 +61,7 @@ def create_app(channel: grpc.aio.Channel, settings: GatewaySettings) -> web.Appl
     routes = load_routes()
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
-        middlewares=[_request_id_middleware, _error_middleware],
+        middlewares=[_observed_middleware, _request_id_middleware, _error_middleware],
     )
     app.on_response_prepare.append(_echo_request_id)
     streams.setup(app)
@@ -74,7 +76,7 @@ def create_app(channel: grpc.aio.Channel, settings: GatewaySettings) -> web.Appl
         app.router.add_route(route.http_method, route.path, handler)
     document = json.dumps(openapi_document(routes)).encode()
     app.router.add_get("/openapi.json", _static_json(document))
-    app.router.add_get("/healthz", _health_handler(channel))
+    probes.setup(app, channel)
     return app
 
 
@@ -129,23 +131,27 @@ def _static_json(document: bytes) -> Handler:
     return handle
 
 
-def _health_handler(channel: grpc.aio.Channel) -> Handler:
-    """200 while the gRPC server reports SERVING, else 503: for load balancers."""
-    health = health_pb2_grpc.HealthStub(channel)
+_UNTRACED = contextlib.nullcontext()
+#: The methods counted by name; any other is "other", so that labels stay bounded.
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
-    async def handle(request: web.Request) -> web.StreamResponse:
+
+@web.middleware
+async def _observed_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Counts and times every request by method, route template and status (never the
+    raw path: its ids would make the labels unbounded), in a span when tracing is on."""
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    method = request.method if request.method in _METHODS else "other"
+    started, status = time.perf_counter(), 500
+    traced = tracing.enabled()
+    with tracing.http_request_span(method, route, request.headers) if traced else _UNTRACED:
         try:
-            answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-            serving = answer.status == health_pb2.HealthCheckResponse.SERVING
-        except grpc.aio.AioRpcError:
-            serving = False
-        body = {
-            "requestId": request[REQUEST_ID],
-            "status": "SERVING" if serving else "NOT_SERVING",
-        }
-        return json_response(200 if serving else 503, body)
-
-    return handle
+            response = await handler(request)
+            status = response.status
+            return response
+        finally:
+            metrics.http_request(method, route, status, time.perf_counter() - started)
 
 
 @web.middleware
@@ -207,7 +213,9 @@ async def start_gateway(settings: GatewaySettings) -> tuple[web.AppRunner, int, 
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, MalformedHttpFilter) for f in server_log.filters):
         server_log.addFilter(MalformedHttpFilter())
-    channel = grpc.aio.insecure_channel(settings.upstream)
+    channel = grpc.aio.insecure_channel(
+        settings.upstream, interceptors=tracing.client_interceptors()
+    )
     runner = web.AppRunner(
         create_app(channel, settings),
         access_log=None,

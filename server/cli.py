@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from server import demo, logs
 from server.domain import admin
 from server.domain.clock import EPOCH, utc_now
@@ -24,7 +26,7 @@ from server.domain.failures import DataConflict
 from server.domain.ports import Store
 from server.keys import KeyFileError, add_code_key
 from server.runtime import open_store, serve, work
-from server.settings import ENVIRONMENT, Settings
+from server.settings import ENVIRONMENT, Settings, flag, meaning
 from server.store.common import SchemaTooNew
 
 
@@ -44,35 +46,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     return result
 
 
+_DATABASE = (
+    "database", "secret_key_file", "database_pool_size", "database_statement_timeout_seconds",
+)  # fmt: skip
+_FULFILLER = ("fulfillment_timeout_seconds", "idempotency_retention_days")
+_LIMITS = ("rate_limit_orders", "rate_limit_reads")
+#: The settings each command takes as flags (all of them also from the environment).
+COMMAND_OPTIONS: dict[str, tuple[str, ...]] = {
+    "serve": ("grpc_listen", "http_listen", *_DATABASE, *_FULFILLER, *_LIMITS, "otlp_endpoint"),
+    "server": (
+        "grpc_listen", *_DATABASE, *_FULFILLER, *_LIMITS, "metrics_listen", "otlp_endpoint",
+    ),
+    "worker": (*_FULFILLER, *_DATABASE, "metrics_listen", "otlp_endpoint"),
+    "gateway": ("upstream", "http_listen", "otlp_endpoint"),
+    "demo": ("grpc_listen", "http_listen", "secret_key_file"),
+    "admin": _DATABASE,
+}  # fmt: skip
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="instant-orders", description=__doc__)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     both = commands.add_parser("serve", help="run the gRPC server and the REST gateway")
-    _serving_options(both, "grpc_listen", "http_listen", *_DATABASE_OPTIONS, *_SERVER_OPTIONS)
     both.set_defaults(run=lambda args, s: _serve(s, grpc=True, gateway=True))
-
     grpc_only = commands.add_parser("server", help="run the gRPC server alone")
-    _serving_options(grpc_only, "grpc_listen", *_DATABASE_OPTIONS, *_SERVER_OPTIONS)
     grpc_only.set_defaults(run=lambda args, s: _serve(s, grpc=True, gateway=False))
-
     worker = commands.add_parser("worker", help="run the fulfiller alone (the server runs one too)")
-    _serving_options(
-        worker, "fulfillment_timeout_seconds", "idempotency_retention_days", *_DATABASE_OPTIONS
-    )
     worker.set_defaults(run=lambda args, s: _work(s))
-
     gateway = commands.add_parser("gateway", help="run the REST gateway alone")
-    _serving_options(gateway, "upstream", "http_listen")
     gateway.set_defaults(run=lambda args, s: _serve(s, grpc=False, gateway=True))
-
     demo_command = commands.add_parser(
         "demo", help="serve a fresh demo database and print a curl session to try it"
     )
-    _serving_options(demo_command, "grpc_listen", "http_listen", "secret_key_file")
     demo_command.add_argument("--database", default="demo.db", help="recreated on every start")
     demo_command.set_defaults(run=lambda args, s: demo.run(s))
-
+    for name, command in (("serve", both), ("server", grpc_only), ("worker", worker),
+                          ("gateway", gateway), ("demo", demo_command)):  # fmt: skip
+        _serving_options(command, *COMMAND_OPTIONS[name])
+    reference = commands.add_parser(
+        "configuration", help="print the configuration reference (docs/configuration.md)"
+    )
+    reference.set_defaults(run=lambda args, s: print(configuration_reference(), end="") or 0)
     _admin_commands(commands)
     return parser
 
@@ -81,46 +96,45 @@ _METAVARS = {
     "seconds": "SECONDS", "days": "DAYS", "size": "N", "orders": "RATE:BURST",
     "reads": "RATE:BURST",
 }  # fmt: skip
-_DATABASE_OPTIONS = (
-    "database", "secret_key_file", "database_pool_size", "database_statement_timeout_seconds",
-)  # fmt: skip
-_SERVER_OPTIONS = (
-    "fulfillment_timeout_seconds", "idempotency_retention_days", "rate_limit_orders",
-    "rate_limit_reads",
-)  # fmt: skip
 
 
 def _serving_options(parser: argparse.ArgumentParser, *names: str) -> None:
-    helps = {
-        "database": "SQLite database file, or postgresql://HOST:PORT/DB?search_path=SCHEMA",
-        "grpc_listen": "HOST:PORT of the gRPC server",
-        "http_listen": "HOST:PORT of the REST gateway",
-        "upstream": "HOST:PORT of the gRPC server the gateway calls",
-        "fulfillment_timeout_seconds": "SECONDS a PROCESSING order may wait for a code before "
-        "it is cancelled and refunded (default 86400)",
-        "secret_key_file": "key file of the token signing key and the code data keys, made "
-        "with mode 0600 if missing (default: the database path + .key; instant-orders.key "
-        "for PostgreSQL); replicas share one",
-        "database_pool_size": "PostgreSQL connections per process (default 10)",
-        "database_statement_timeout_seconds": "SECONDS a PostgreSQL statement may run before "
-        "the call fails with UNAVAILABLE (default 5)",
-        "idempotency_retention_days": "DAYS an Idempotency-Key and its answer are kept "
-        "(default 90)",
-        "rate_limit_orders": "order creation per API key: RATE/s:BURST, 0 = off (default 50:100)",
-        "rate_limit_reads": "reads per API key: RATE/s:BURST, 0 = off (default 100:200)",
-    }
     for name in names:
         parser.add_argument(
-            "--" + name.removesuffix("_seconds").removesuffix("_days").replace("_", "-"),
+            flag(name),
             dest=name,
             metavar=_METAVARS.get(name.rpartition("_")[2]),
-            help=f"{helps[name]} (env {ENVIRONMENT[name]})",
+            help=f"{meaning(name)} (env {ENVIRONMENT[name]})",
         )
+
+
+def configuration_reference() -> str:
+    """docs/configuration.md, made from the settings' definitions (a test keeps it current)."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `server/settings.py` by `instant-orders configuration`; a test",
+        "checks it is current. A flag wins over its environment variable, which wins over",
+        "the default.",
+        "",
+        "| setting | flag (commands) | environment variable | default | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    defaults = Settings()
+    for each in fields(Settings):
+        takers = [command for command, names in COMMAND_OPTIONS.items() if each.name in names]
+        flag_cell = f"`{flag(each.name)}` ({', '.join(takers)})" if takers else ""
+        default = getattr(defaults, each.name)
+        lines.append(
+            f"| {each.name} | {flag_cell} | `{ENVIRONMENT[each.name]}` | "
+            f"`{default!r}` | {meaning(each.name)} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _admin_commands(commands: Any) -> None:
     parser = commands.add_parser("admin", help="change the data: load, add-codes, top-up, set-rate")
-    _serving_options(parser, *_DATABASE_OPTIONS)
+    _serving_options(parser, *COMMAND_OPTIONS["admin"])
     actions = parser.add_subparsers(required=True, metavar="ACTION")
 
     migrate = actions.add_parser(
@@ -179,14 +193,28 @@ def _admin_commands(commands: Any) -> None:
         run=lambda args, s: _admin(s, _audit(args.account, args.since), json_lines=True)
     )
 
+    report = actions.add_parser(
+        "report", help="stock and backlog per SKU, balances, recent orders by status"
+    )
+    report.add_argument("--json", action="store_true", help="as JSON rather than tables")
+    report.set_defaults(
+        run=lambda args, s: _admin(s, _report, render=None if args.json else render_report)
+    )
+
+    backup = actions.add_parser(
+        "backup", help="write a consistent copy of the live SQLite database (0600)"
+    )
+    backup.add_argument("--to", type=Path, required=True, help="the copy's path (must not exist)")
+    backup.set_defaults(run=lambda args, s: _admin(s, _backup(args.to, s.key_file)))
+
 
 def _settings(args: argparse.Namespace) -> Settings:
     """Flags first, then environment variables, then the defaults."""
     defaults = Settings()
     values: dict[str, Any] = {}
     for field in fields(Settings):
-        flag = getattr(args, field.name, None)
-        value = flag if flag is not None else os.environ.get(ENVIRONMENT[field.name])
+        given = getattr(args, field.name, None)
+        value = given if given is not None else os.environ.get(ENVIRONMENT[field.name])
         if value is not None:
             values[field.name] = type(getattr(defaults, field.name))(value)
     return Settings(**values)
@@ -210,7 +238,16 @@ async def _schema_versions(store: Store) -> dict[str, int]:
     return {"from": store.found_schema_version, "schemaVersion": store.schema_version}
 
 
-def _admin(settings: Settings, action: AdminAction, *, json_lines: bool = False) -> int:
+def _admin(
+    settings: Settings,
+    action: AdminAction,
+    *,
+    json_lines: bool = False,
+    render: Callable[[Any], str] | None = None,
+) -> int:
+    """Runs the action on the database; prints its result as JSON (one line per item
+    with `json_lines`), or rendered by `render`."""
+
     async def run() -> Any:
         store = await open_store(settings)
         try:
@@ -219,9 +256,19 @@ def _admin(settings: Settings, action: AdminAction, *, json_lines: bool = False)
             await store.close()
 
     result = asyncio.run(run())
+    if render is not None:
+        print(render(result))
+        return 0
     for item in result if json_lines else [result]:
         print(json.dumps(item))
     return 0
+
+
+def _progress(what: str, total: int) -> tqdm[Any]:
+    """A progress bar on stderr for a long job, when stderr is a terminal; nothing else."""
+    return tqdm(
+        total=total, unit=what, file=sys.stderr, disable=not sys.stderr.isatty(), leave=False
+    )
 
 
 def _moment(text: str) -> datetime:
@@ -280,8 +327,11 @@ def _load(path: Path) -> AdminAction:
     except json.JSONDecodeError as error:
         raise admin.InvalidInput(f"{path} is not valid JSON: {error}") from None
 
+    codes = len(document.get("codes", [])) if isinstance(document, dict) else 0
+
     async def action(store: Store) -> Any:
-        created = await admin.load_dataset(store, document, utc_now())
+        with _progress("codes", codes) as bar:
+            created = await admin.load_dataset(store, document, utc_now(), bar.update)
         return {
             "accounts": [
                 {
@@ -301,7 +351,78 @@ def _add_codes(sku: str, path: Path) -> AdminAction:
     codes = admin.parse_codes_csv(path.read_text(), sku)
 
     async def action(store: Store) -> Any:
-        return {"added": await store.add_codes(codes, utc_now())}
+        with _progress("codes", len(codes)) as bar:
+            return {"added": await store.add_codes(codes, utc_now(), bar.update)}
+
+    return action
+
+
+async def _report(store: Store) -> Any:
+    found = await admin.report(store, utc_now())
+    return {
+        "at": found.at.isoformat(),
+        "stock": [
+            {
+                "sku": level.sku,
+                "unsold": level.unsold,
+                "waiting": level.waiting,
+                "oldestWaitSeconds": _age(found.at, level.oldest_waiting_since),
+            }
+            for level in found.stock
+        ],
+        "balances": [
+            {
+                "accountId": row.account_id,
+                "account": row.account_name,
+                "currency": row.balance.currency,
+                "balance": str(row.balance.amount),
+            }
+            for row in found.balances
+        ],
+        "ordersLastHour": found.last_hour,
+        "ordersLastDay": found.last_day,
+    }
+
+
+def _age(now: datetime, since: datetime | None) -> float | None:
+    return None if since is None else round((now - since).total_seconds(), 1)
+
+
+def render_report(report: dict[str, Any]) -> str:
+    """The report as plain-text tables, for a terminal."""
+    stock = [(r["sku"], r["unsold"], r["waiting"], r["oldestWaitSeconds"] or "") for r in
+             report["stock"]]  # fmt: skip
+    balances = [(r["accountId"], r["account"], r["currency"], r["balance"])
+                for r in report["balances"]]  # fmt: skip
+    statuses = sorted({*report["ordersLastHour"], *report["ordersLastDay"]})
+    orders = [(s, report["ordersLastHour"].get(s, 0), report["ordersLastDay"].get(s, 0))
+              for s in statuses]  # fmt: skip
+    return "\n\n".join([
+        f"instant-orders report, {report['at']}",
+        _table(("sku", "unsold", "waiting", "oldest wait s"), stock),
+        _table(("account id", "account", "currency", "balance"), balances),
+        _table(("orders created", "last hour", "last day"), orders),
+    ])  # fmt: skip
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
+    cells = [tuple(str(cell) for cell in row) for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+             for row in cells]  # fmt: skip
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _backup(to: Path, key_file: str) -> AdminAction:
+    async def action(store: Store) -> Any:
+        await store.backup(to)
+        return {
+            "backup": str(to),
+            "keyFile": key_file,
+            "note": "the codes in the copy open only with this key file: keep a copy of it,"
+            " apart from the database's copies",
+        }
 
     return action
 

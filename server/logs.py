@@ -18,6 +18,8 @@ import re
 import sys
 from datetime import UTC, datetime
 
+from server import tracing
+
 #: The id of the request being served; "-" outside of one.
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -29,10 +31,12 @@ _SECRET_SHAPES = re.compile(
 
 
 class _RequestIdFilter(logging.Filter):
-    """Stamps the record with the request id while still in the request's context."""
+    """Stamps the record with the request id and trace id while still in the
+    request's context."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = REQUEST_ID.get()
+        record.trace_id = tracing.trace_id() if tracing.enabled() else ""
         return True
 
 
@@ -45,6 +49,9 @@ class JsonFormatter(logging.Formatter):
             "requestId": getattr(record, "request_id", "-"),
             "message": mask(record.getMessage()),
         }
+        trace_id = getattr(record, "trace_id", "")
+        if trace_id:
+            line["traceId"] = trace_id
         return json.dumps(line, ensure_ascii=False)
 
 

@@ -9,12 +9,16 @@ import signal
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
+from gateway import probes
 from gateway.app import GatewaySettings, start_gateway
+from server import metrics, tracing
 from server.domain.clock import utc_now
+from server.domain.errors import log_retried_failure
 from server.domain.fulfillment import Fulfiller, InventorySource
 from server.domain.ports import Store
 from server.domain.service import InstantOrdersService
 from server.keys import CodeCipher, load_or_create
+from server.metrics import PrometheusObserver, serve_metrics
 from server.rpc.app import RunningServer, start_server
 from server.settings import Settings
 from server.store import backends
@@ -37,31 +41,60 @@ async def serve(
     the grace period), then the database closes.
     """
     stop = _stop_on_signals()
+    _observability(settings, "instant-orders")
+    if settings.metrics_listen and not gateway:  # with a gateway, its /metrics shows all
+        serve_metrics(settings.metrics_listen)
     async with contextlib.AsyncExitStack() as stack:
         ports: dict[str, int] = {}
         upstream = settings.upstream
+        server = app = None
         if grpc:
             server = await stack.enter_async_context(_grpc_server(settings))
             ports["grpc"] = server.port
             upstream = f"{local_host(settings.grpc_listen)}:{server.port}"
             log.info("gRPC server listening on %s", _address(settings.grpc_listen, server.port))
         if gateway:
-            http_port = await stack.enter_async_context(_gateway(settings, upstream))
+            http_port, app = await stack.enter_async_context(_gateway(settings, upstream))
             ports["http"] = http_port
             log.info("REST gateway listening on %s", _address(settings.http_listen, http_port))
         if on_ready:
             on_ready(ports)
         await stop.wait()
+        await _drain(settings, server, app)
         log.info("stopping: finishing the requests in flight")
     log.info("stopped")
+
+
+def _observability(settings: Settings, service_name: str) -> None:
+    if settings.metrics == "off":
+        metrics.switch_off()
+    tracing.configure(settings.otlp_endpoint, service_name)
+
+
+async def _drain(settings: Settings, server: RunningServer | None, app: Any) -> None:
+    """Fails readiness for the drain period while still serving, so that load
+    balancers stop sending traffic before the listeners close."""
+    if settings.shutdown_drain_seconds <= 0:
+        return
+    log.info("draining for %s s: readiness fails, requests are still served",
+             settings.shutdown_drain_seconds)  # fmt: skip
+    if app is not None:
+        app[probes.DRAINING] = True
+    if server is not None:
+        server.draining = True
+        await server.set_ready(False)
+    await asyncio.sleep(settings.shutdown_drain_seconds)
 
 
 async def work(settings: Settings) -> None:
     """Runs the fulfiller alone (`instant-orders worker`) until SIGTERM or SIGINT."""
     stop = _stop_on_signals()
+    _observability(settings, "instant-orders-worker")
+    if settings.metrics_listen:
+        serve_metrics(settings.metrics_listen)
     store = await open_store(settings)
     try:
-        async with _background(_fulfiller(settings, store).run()):
+        async with _background(_fulfiller(settings, store).run(), _stock_gauges(store)):
             log.info("fulfilling orders from %s", backends.shown(settings.database))
             await stop.wait()
     finally:
@@ -75,11 +108,21 @@ async def _grpc_server(settings: Settings) -> AsyncIterator[RunningServer]:
     try:
         signing_key = load_or_create(settings.key_file).token_signing_key
         service = InstantOrdersService(
-            store, signing_key, settings.token_lifetime, limits=settings.limits
+            store,
+            signing_key,
+            settings.token_lifetime,
+            limits=settings.limits,
+            observer=PrometheusObserver(),
         )
         fulfiller = _fulfiller(settings, store, on_change=service.updates.notify)
-        async with _background(fulfiller.run(), service.updates.run()):
-            server = await start_server(service, settings.grpc_listen)
+        server = await start_server(service, settings.grpc_listen)
+        jobs = (
+            fulfiller.run(),
+            service.updates.run(),
+            _stock_gauges(store),
+            watch_readiness(store, server),
+        )
+        async with _background(*jobs):
             try:
                 yield server
             finally:
@@ -108,7 +151,52 @@ def _fulfiller(
         on_change,
         batch_size=settings.fulfillment_batch,
         key_retention=settings.idempotency_retention,
+        observer=PrometheusObserver(),
     )
+
+
+#: How often the stock and backlog gauges are read from the database.
+GAUGES_INTERVAL_SECONDS = 15.0
+#: How often readiness asks the database, and how long it may take to answer.
+READINESS_INTERVAL_SECONDS = 1.0
+
+
+async def _stock_gauges(store: Store) -> None:
+    """Keeps instant_orders_stock_units and the backlog gauges current."""
+    while True:
+        try:
+            await refresh_stock_gauges(store)
+        except Exception as error:
+            log_retried_failure(log, "reading the stock levels failed", error)
+        await asyncio.sleep(GAUGES_INTERVAL_SECONDS)
+
+
+async def refresh_stock_gauges(store: Store) -> None:
+    levels = await store.stock_levels()
+    now = utc_now()
+    oldest = [level.oldest_waiting_since for level in levels if level.oldest_waiting_since]
+    metrics.stock(
+        [(level.sku, level.unsold, level.waiting) for level in levels],
+        (now - min(oldest)).total_seconds() if oldest else 0.0,
+    )
+
+
+async def watch_readiness(store: Store, server: RunningServer) -> None:
+    """Reports the API's services SERVING only while the database answers within the
+    interval (the gateway's /readyz reads that)."""
+    ready = True
+    while not server.draining:
+        try:
+            await asyncio.wait_for(store.ping(), READINESS_INTERVAL_SECONDS)
+            answered = True
+        except Exception:  # down, hung, full: not ready, whatever the cause
+            answered = False
+        if answered != ready and not server.draining:
+            ready = answered
+            log.warning("database %s: readiness %s", "back" if ready else "not answering",
+                        "restored" if ready else "fails")  # fmt: skip
+            await server.set_ready(ready)
+        await asyncio.sleep(READINESS_INTERVAL_SECONDS)
 
 
 @contextlib.asynccontextmanager
@@ -124,7 +212,7 @@ async def _background(*jobs: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def _gateway(settings: Settings, upstream: str) -> AsyncIterator[int]:
+async def _gateway(settings: Settings, upstream: str) -> AsyncIterator[tuple[int, Any]]:
     runner, port, channel = await start_gateway(
         GatewaySettings(
             upstream=upstream,
@@ -133,7 +221,7 @@ async def _gateway(settings: Settings, upstream: str) -> AsyncIterator[int]:
         )
     )
     try:
-        yield port
+        yield port, runner.app
     finally:
         await runner.cleanup()
         await channel.close()

@@ -1,9 +1,15 @@
-"""The service's settings: one frozen value, built from flags and environment."""
+"""The service's settings: one frozen value, built from flags and environment.
+
+Each setting is defined once, with its default and meaning; its flag is
+`--name` and its environment variable INSTANT_ORDERS_NAME (the name without a
+_seconds or _days unit), for every command that takes it (server/cli.py).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
+from typing import Any
 
 from server.domain.fulfillment import BATCH_SIZE
 from server.domain.limits import DEFAULT_LIMITS, Limits, Rate
@@ -16,56 +22,69 @@ def is_postgres(database: str) -> bool:
     return database.startswith(_POSTGRES_SCHEMES)
 
 
-ENVIRONMENT = {
-    "database": "INSTANT_ORDERS_DATABASE",
-    "grpc_listen": "INSTANT_ORDERS_GRPC_LISTEN",
-    "http_listen": "INSTANT_ORDERS_HTTP_LISTEN",
-    "upstream": "INSTANT_ORDERS_UPSTREAM",
-    "token_lifetime_seconds": "INSTANT_ORDERS_TOKEN_LIFETIME",
-    "shutdown_grace_seconds": "INSTANT_ORDERS_SHUTDOWN_GRACE",
-    "log_level": "INSTANT_ORDERS_LOG_LEVEL",
-    "fulfillment_timeout_seconds": "INSTANT_ORDERS_FULFILLMENT_TIMEOUT",
-    "fulfillment_batch": "INSTANT_ORDERS_FULFILLMENT_BATCH",
-    "secret_key_file": "INSTANT_ORDERS_SECRET_KEY_FILE",
-    "rate_limit_orders": "INSTANT_ORDERS_RATE_LIMIT_ORDERS",
-    "rate_limit_reads": "INSTANT_ORDERS_RATE_LIMIT_READS",
-    "database_pool_size": "INSTANT_ORDERS_DATABASE_POOL_SIZE",
-    "database_statement_timeout_seconds": "INSTANT_ORDERS_DATABASE_STATEMENT_TIMEOUT",
-    "idempotency_retention_days": "INSTANT_ORDERS_IDEMPOTENCY_RETENTION",
-}
+def setting(default: Any, meaning: str) -> Any:
+    """A setting's default and what it means: the CLI's help and the configuration
+    reference (docs/configuration.md) are made from it."""
+    return field(default=default, metadata={"meaning": meaning})
 
 
 @dataclass(frozen=True)
 class Settings:
-    database: str = "./instant-orders.db"
-    grpc_listen: str = "127.0.0.1:50051"
-    http_listen: str = "127.0.0.1:8080"
-    #: Where a stand-alone gateway finds the gRPC server.
-    upstream: str = "127.0.0.1:50051"
-    token_lifetime_seconds: int = 3600
-    #: How long in-flight calls may take to finish after SIGTERM.
-    shutdown_grace_seconds: float = 10.0
-    log_level: str = "INFO"
-    #: How long a PROCESSING order may wait for a code before it is cancelled
-    #: and refunded.
-    fulfillment_timeout_seconds: float = 86400.0
-    #: Orders completed or cancelled per transaction (one fsync); 1 gives each
-    #: its own transaction.
-    fulfillment_batch: int = BATCH_SIZE
-    #: The key file (token signing key, code data keys); "" means the
-    #: database's path + ".key", or ./instant-orders.key for a PostgreSQL URL.
-    #: Keep it apart from database backups; replicas share one.
-    secret_key_file: str = ""
-    #: Per API key and process, "RATE:BURST" (requests per second, bucket size);
-    #: "0" turns the limit off.
-    rate_limit_orders: str = str(DEFAULT_LIMITS.orders)
-    rate_limit_reads: str = str(DEFAULT_LIMITS.reads)
-    #: PostgreSQL only: connections per process, and the longest a statement (or
-    #: the wait for a free connection) may take before the call fails UNAVAILABLE.
-    database_pool_size: int = 10
-    database_statement_timeout_seconds: float = 5.0
-    #: How long an Idempotency-Key and its answer are kept; then the key may be reused.
-    idempotency_retention_days: float = 90.0
+    database: str = setting(
+        "./instant-orders.db", "SQLite database file, or postgresql://HOST:PORT/DB?search_path=S"
+    )
+    grpc_listen: str = setting("127.0.0.1:50051", "HOST:PORT of the gRPC server")
+    http_listen: str = setting("127.0.0.1:8080", "HOST:PORT of the REST gateway")
+    upstream: str = setting("127.0.0.1:50051", "HOST:PORT of the gRPC server a gateway calls")
+    token_lifetime_seconds: int = setting(3600, "SECONDS a bearer token is valid")
+    shutdown_grace_seconds: float = setting(
+        10.0, "SECONDS in-flight calls may take to finish after SIGTERM"
+    )
+    shutdown_drain_seconds: float = setting(
+        0.0,
+        "SECONDS readiness fails after SIGTERM while requests are still served, before "
+        "the graceful stop: time for load balancers to move traffic away",
+    )
+    log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
+    fulfillment_timeout_seconds: float = setting(
+        86400.0,
+        "SECONDS a PROCESSING order may wait for a code before it is cancelled and refunded",
+    )
+    fulfillment_batch: int = setting(
+        BATCH_SIZE, "orders completed or cancelled per transaction (one fsync); 1: one each"
+    )
+    secret_key_file: str = setting(
+        "",
+        "key file of the token signing key and the code data keys, made with mode 0600 "
+        "if missing (default: the database path + .key; instant-orders.key for "
+        "PostgreSQL); keep it apart from backups; replicas share one",
+    )
+    rate_limit_orders: str = setting(
+        str(DEFAULT_LIMITS.orders), "orders per API key and process: RATE/s:BURST, 0 = off"
+    )
+    rate_limit_reads: str = setting(
+        str(DEFAULT_LIMITS.reads), "reads per API key and process: RATE/s:BURST, 0 = off"
+    )
+    database_pool_size: int = setting(10, "PostgreSQL connections per process")
+    database_statement_timeout_seconds: float = setting(
+        5.0, "SECONDS a PostgreSQL statement may run before the call fails with UNAVAILABLE"
+    )
+    idempotency_retention_days: float = setting(
+        90.0, "DAYS an Idempotency-Key and its answer are kept; then the key may be reused"
+    )
+    metrics: str = setting(
+        "on", "on: count and time every call for /metrics; off: not at all (to measure their cost)"
+    )
+    metrics_listen: str = setting(
+        "",
+        "HOST:PORT of the /metrics of a server or worker alone (serve shows everything "
+        "at the gateway's /metrics); none by default",
+    )
+    otlp_endpoint: str = setting(
+        "",
+        "OTLP/HTTP collector URL for traces; tracing is off without it (or the standard "
+        "OTEL_EXPORTER_OTLP_ENDPOINT)",
+    )
 
     def __post_init__(self) -> None:
         if not self.fulfillment_timeout_seconds > 0:
@@ -76,6 +95,8 @@ class Settings:
             raise ValueError("the database statement timeout must be a positive number")
         if not self.idempotency_retention_days > 0:
             raise ValueError("the idempotency retention must be a positive number of days")
+        if self.metrics not in ("on", "off"):
+            raise ValueError("metrics must be on or off")
         if self.fulfillment_batch < 1:
             raise ValueError("the fulfillment batch must be 1 or more")
         for rate in (self.rate_limit_orders, self.rate_limit_reads):
@@ -106,3 +127,23 @@ class Settings:
     @property
     def token_lifetime(self) -> timedelta:
         return timedelta(seconds=self.token_lifetime_seconds)
+
+
+def bare_name(name: str) -> str:
+    """The setting's name without its unit: what its flag and variable are named after."""
+    return name.removesuffix("_seconds").removesuffix("_days")
+
+
+def flag(name: str) -> str:
+    return "--" + bare_name(name).replace("_", "-")
+
+
+def environment_variable(name: str) -> str:
+    return "INSTANT_ORDERS_" + bare_name(name).upper()
+
+
+def meaning(name: str) -> str:
+    return str(Settings.__dataclass_fields__[name].metadata["meaning"])
+
+
+ENVIRONMENT = {each.name: environment_variable(each.name) for each in fields(Settings)}

@@ -22,7 +22,8 @@ from server.domain.fulfillment import Fulfiller
 from server.domain.limits import DEFAULT_LIMITS, Limits
 from server.domain.ports import Store
 from server.domain.service import InstantOrdersService
-from server.rpc.app import start_server
+from server.metrics import PrometheusObserver
+from server.rpc.app import RunningServer, start_server
 from tests.api import Account, GrpcApi, RestApi
 from tests.databases import (
     drop_postgres_schema,
@@ -96,7 +97,13 @@ def limits() -> Limits:
 
 @pytest.fixture
 async def service(store: Store, database: str, limits: Limits) -> InstantOrdersService:
-    return InstantOrdersService(store, signing_key(database), timedelta(hours=1), limits=limits)
+    return InstantOrdersService(
+        store,
+        signing_key(database),
+        timedelta(hours=1),
+        limits=limits,
+        observer=PrometheusObserver(),
+    )
 
 
 @pytest.fixture
@@ -113,10 +120,15 @@ async def accounts(store: Store, service: InstantOrdersService) -> dict[str, Acc
 
 
 @pytest.fixture
-async def grpc_port(service: InstantOrdersService) -> AsyncIterator[int]:
+async def grpc_server(service: InstantOrdersService) -> AsyncIterator[RunningServer]:
     server = await start_server(service, "127.0.0.1:0")
-    yield server.port
+    yield server
     await server.stop(grace=1)
+
+
+@pytest.fixture
+def grpc_port(grpc_server: RunningServer) -> int:
+    return grpc_server.port
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import pytest
 
 from server.domain.errors import ApiError
 from server.domain.limits import Limits, Rate, TokenBuckets
+from tests.metrics import moved, scrape
 from tests.processes import run_cli
 
 ORDER = "CreateInstantOrder"
@@ -136,3 +137,12 @@ async def test_oversized_headers_and_messages_are_refused(http, channel, account
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await call(b"\x1a" + b"\xff\xff\x01" + b"x" * 32_767, timeout=5)  # sku of 32 KiB
     assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_a_refusal_for_a_rate_limit_is_counted_by_its_budget(http, accounts):
+    acme = accounts["acme"]
+    before, _ = await scrape(http)
+    statuses = [(await http.get("/v2/balances", headers=acme.headers())).status for _ in range(6)]
+    after, _ = await scrape(http)
+    assert statuses.count(429) == 1  # the burst is 5
+    assert moved(before, after, "instant_orders_rate_limited_total", budget="reads") == 1

@@ -25,6 +25,7 @@ from server.domain.money import Money
 from server.domain.ports import NewCode
 from server.domain.service import InstantOrdersService
 from server.keys import CodeCipher
+from server.runtime import watch_readiness
 from server.store.postgres import PoolSettings, PostgresStore
 from tests.api import Account
 from tests.databases import key_file, one, query
@@ -236,3 +237,33 @@ def _kind(outcome: Order | BaseException) -> str:
         return outcome.reason.name
     assert isinstance(outcome, Order), outcome
     return outcome.status.value
+
+
+async def test_readiness_fails_while_postgres_is_down_and_liveness_holds(
+    http, store, grpc_server, proxy
+):
+    async def probe(path: str) -> tuple[int, dict[str, str]]:
+        response = await http.get(path)
+        return response.status, await response.json()
+
+    watcher = asyncio.create_task(watch_readiness(store, grpc_server))
+    try:
+        assert (await probe("/readyz"))[0] == 200
+        await proxy.stop()
+
+        async def not_ready() -> bool:
+            return (await probe("/readyz"))[0] == 503
+
+        await eventually(not_ready, timeout=10)
+        status, body = await probe("/readyz")
+        assert (status, body["reason"]) == (503, "the database does not answer")
+        assert (await probe("/healthz"))[0] == 200  # alive: only not ready
+        await proxy.start()
+
+        async def ready() -> bool:
+            return (await probe("/readyz"))[0] == 200
+
+        await eventually(ready, timeout=10)
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)

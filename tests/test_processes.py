@@ -140,6 +140,39 @@ async def test_sigterm_turns_health_not_serving_before_stopping(tmp_path):
         stop(process)
 
 
+async def test_sigterm_fails_readiness_first_while_requests_are_still_served(tmp_path):
+    """With a drain period, readiness says 503 "draining" at once, orders are still
+    answered meanwhile, and then the process stops gracefully."""
+    database = str(tmp_path / "o.db")
+    loaded = run_cli("admin", "--database", database, "load", _dataset_file(tmp_path))
+    acme = json.loads(loaded.stdout)["accounts"][0]
+    http_port = unused_port()
+    process = start(
+        "serve", "--database", database, "--http-listen", f"127.0.0.1:{http_port}",
+        "--grpc-listen", f"127.0.0.1:{unused_port()}",
+        env={"INSTANT_ORDERS_SHUTDOWN_DRAIN": "3"},
+    )  # fmt: skip
+    api = f"http://127.0.0.1:{http_port}"
+    try:
+        await eventually(lambda: healthy(f"{api}/readyz"))
+        async with aiohttp.ClientSession() as session:
+            headers = await _auth_headers(session, api, acme)
+            process.send_signal(signal.SIGTERM)
+
+            async def draining() -> bool:
+                async with session.get(f"{api}/readyz") as response:
+                    return (
+                        response.status == 503 and "draining" in (await response.json())["reason"]
+                    )
+
+            await eventually(draining, timeout=3)
+            status, _ = await _order(session, api, headers, "while-draining")
+            assert status == 200
+        assert await asyncio.to_thread(process.wait, 20) == 0
+    finally:
+        stop(process)
+
+
 async def _order(session, api: str, headers: dict[str, str], number: str) -> tuple[int, str]:
     body = {"sku": "8PX-UF-Y5U", "clientOrderNumber": number}
     async with session.post(f"{api}/v2/orders/instant", json=body, headers=headers) as response:
@@ -164,3 +197,26 @@ async def _auth_headers(
     async with session.post(f"{api}/v2/auth/token", data=form) as response:
         token = (await response.json())["access_token"]
     return {"x-api-key": account["apiKey"], "Authorization": f"Bearer {token}"}
+
+
+async def test_a_server_alone_serves_its_metrics_where_it_is_told(tmp_path):
+    metrics_port = unused_port()
+    process = start(
+        "server", "--database", str(tmp_path / "o.db"), "--grpc-listen",
+        f"127.0.0.1:{unused_port()}", "--metrics-listen", f"127.0.0.1:{metrics_port}",
+    )  # fmt: skip
+    try:
+
+        async def scraped() -> bool:
+            try:
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.get(f"http://127.0.0.1:{metrics_port}/metrics") as response,
+                ):
+                    return "instant_orders_db_transaction_seconds" in await response.text()
+            except aiohttp.ClientError:
+                return False
+
+        await eventually(scraped, timeout=20)
+    finally:
+        assert stop(process) == 0

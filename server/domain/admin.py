@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from server.domain.auth import hash_secret, new_api_key, new_api_secret
 from server.domain.models import ExchangeRate, Product
 from server.domain.money import Money, is_currency, parse_rate
-from server.domain.ports import Dataset, NewAccount, NewCode, Store
+from server.domain.ports import (
+    AccountBalance,
+    Dataset,
+    NewAccount,
+    NewCode,
+    StockLevel,
+    Store,
+)
 
 
 class InvalidInput(ValueError):
@@ -38,14 +45,20 @@ _CODE_FIELDS = {"sku", "redeemCode", "pinCode"}
 _RATE_FIELDS = {"pair", "rate", "asOfDate"}
 
 
-async def load_dataset(store: Store, document: Any, now: datetime) -> list[CreatedAccount]:
+async def load_dataset(
+    store: Store,
+    document: Any,
+    now: datetime,
+    progress: Callable[[int], object] | None = None,
+) -> list[CreatedAccount]:
     """Applies a dataset document (see the README) in one transaction.
 
     Returns the accounts created with their API key and secret: the only time
-    the secret is shown, as only its hash is kept.
+    the secret is shown, as only its hash is kept. `progress` is told of the codes
+    added as they are.
     """
     dataset, secrets = parse_dataset(document, now)
-    account_ids = await store.load(dataset, now)
+    account_ids = await store.load(dataset, now, progress)
     return [
         CreatedAccount(account.name, account_id, account.api_key, secret)
         for account, account_id, secret in zip(dataset.accounts, account_ids, secrets, strict=True)
@@ -240,3 +253,25 @@ def _money(amount: Any, currency: Any, where: str, *, allow_zero: bool = False) 
     if money.amount < 0 or (money.amount == 0 and not allow_zero):
         raise InvalidInput(f"{where} must be positive")
     return money
+
+
+@dataclass(frozen=True)
+class Report:
+    """What an operator looks at: stock and backlog per SKU, balances, recent orders."""
+
+    at: datetime
+    stock: list[StockLevel]
+    balances: list[AccountBalance]
+    #: Orders created in the last hour and in the last day, by status.
+    last_hour: dict[str, int]
+    last_day: dict[str, int]
+
+
+async def report(store: Store, now: datetime) -> Report:
+    return Report(
+        at=now,
+        stock=await store.stock_levels(),
+        balances=await store.all_balances(),
+        last_hour=await store.orders_by_status(now - timedelta(hours=1)),
+        last_day=await store.orders_by_status(now - timedelta(days=1)),
+    )

@@ -19,6 +19,7 @@ from typing import Protocol
 from server.domain.errors import log_retried_failure
 from server.domain.idempotency import RETENTION
 from server.domain.models import Order
+from server.domain.observer import UNOBSERVED, Observer
 from server.domain.ports import Store
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ class Fulfiller:
         poll_interval: float = POLL_INTERVAL_SECONDS,
         batch_size: int = BATCH_SIZE,
         key_retention: timedelta = RETENTION,
+        observer: Observer = UNOBSERVED,
     ) -> None:
         self._store = store
         self._source = source
@@ -88,6 +90,7 @@ class Fulfiller:
         self._poll_interval = poll_interval
         self._batch_size = batch_size
         self._key_retention = key_retention
+        self._observer = observer
         self._next_housekeeping = 0.0  # time.monotonic()
 
     async def run(self) -> None:
@@ -131,6 +134,10 @@ class Fulfiller:
         cancelled = await self._store.cancel_overdue(now - self._timeout, now, self._batch_size)
         completed = await self._complete(now)
         changed = [*cancelled, *completed]
+        if cancelled:
+            self._observer.orders_cancelled("deadline", len(cancelled))
+        if completed:
+            self._observer.orders_completed(len(completed))
         if changed:
             log.debug("fulfillment: %d completed, %d cancelled", len(completed), len(cancelled))
             if self._on_change:

@@ -211,9 +211,10 @@ class Cancellation:
 
 @dataclass(frozen=True)
 class Cancelled:
-    """The order, cancelled (by this request or before it)."""
+    """The order, cancelled: by this request (`now`), or before it."""
 
     order: Order
+    now: bool = False
 
 
 def decide_cancellation(transaction_id: str, order: Order | None) -> Cancellation | Refused:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Protocol
 
 from server.domain.idempotency import IdempotencyKey, KeyInUse, Remembered
@@ -50,6 +51,23 @@ class NewAccount:
     balances: tuple[Money, ...]
     api_key: str
     secret_hash: str
+
+
+@dataclass(frozen=True)
+class StockLevel:
+    """One product's stock: unsold codes, orders waiting, and since when the oldest waits."""
+
+    sku: str
+    unsold: int
+    waiting: int
+    oldest_waiting_since: datetime | None
+
+
+@dataclass(frozen=True)
+class AccountBalance:
+    account_id: int
+    account_name: str
+    balance: Money
 
 
 @dataclass(frozen=True)
@@ -175,16 +193,43 @@ class Store(Protocol):
         """Re-encrypts up to `limit` codes under the active data key; returns how many."""
         ...
 
-    async def load(self, dataset: Dataset, now: datetime) -> list[int]:
-        """Adds the dataset; returns the new accounts' ids in the dataset's order."""
+    async def load(
+        self, dataset: Dataset, now: datetime, progress: Callable[[int], object] | None = None
+    ) -> list[int]:
+        """Adds the dataset; returns the new accounts' ids in the dataset's order.
+        `progress` is told how many more codes each step added."""
         ...
 
-    async def add_codes(self, codes: Sequence[NewCode], now: datetime) -> int: ...
+    async def add_codes(
+        self,
+        codes: Sequence[NewCode],
+        now: datetime,
+        progress: Callable[[int], object] | None = None,
+    ) -> int: ...
+
+    async def backup(self, to: Path) -> None:
+        """Writes a consistent copy of the live database to `to` (SQLite), or refuses
+        with DataConflict saying how to back this backend up (PostgreSQL)."""
+        ...
 
     async def top_up(self, account_id: int, amount: Money, now: datetime) -> Money:
         """Credits the account (a ledger row); returns the new balance."""
         ...
 
     async def set_rate(self, rate: ExchangeRate) -> None: ...
+
+    # --- operations -------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        """Returns once the database answered a query (raises if it cannot)."""
+        ...
+
+    async def stock_levels(self) -> list[StockLevel]: ...
+
+    async def all_balances(self) -> list[AccountBalance]: ...
+
+    async def orders_by_status(self, since: datetime) -> dict[str, int]:
+        """How many orders created since `since` are in each status."""
+        ...
 
     async def close(self) -> None: ...

@@ -43,6 +43,7 @@ from server.domain.models import (
     Product,
 )
 from server.domain.money import Money, is_currency
+from server.domain.observer import UNOBSERVED, Observer
 from server.domain.orders import (
     CancelRequest,
     NewOrder,
@@ -94,10 +95,12 @@ class InstantOrdersService:
         token_lifetime: timedelta,
         clock: Callable[[], datetime] = utc_now,
         limits: Limits = DEFAULT_LIMITS,
+        observer: Observer = UNOBSERVED,
     ) -> None:
         self._store = store
         self._tokens = TokenSigner(signing_key, token_lifetime)
         self._clock = clock
+        self._observer = observer
         self.updates = OrderUpdates(store)
         self.limiter = Limiter(limits)
 
@@ -154,8 +157,15 @@ class InstantOrdersService:
             order, partial(decide_instant_order, request), key
         )
         if isinstance(outcome, Remembered | KeyInUse):
+            self._observer.order_answered("instant", "replayed")
             return await self._replayed(caller, key, outcome)
-        return placed_order(request, outcome)
+        try:
+            placed = placed_order(request, outcome)
+        except ApiError as refusal:
+            self._observer.order_answered("instant", refusal.reason.name)
+            raise
+        self._observer.order_answered("instant", placed.status.value.lower())
+        return placed
 
     async def cancel_order(
         self, caller: Caller, transaction_id: str, idempotency_key: str = ""
@@ -175,7 +185,9 @@ class InstantOrdersService:
             return await self._replayed(caller, key, outcome)
         if isinstance(outcome, Refused):
             raise outcome.error
-        self.updates.notify([transaction_id])
+        if outcome.now:
+            self._observer.orders_cancelled("customer", 1)
+            self.updates.notify([transaction_id])
         return outcome.order
 
     async def _replayed(

@@ -21,6 +21,7 @@ from instantorders.v2 import (
     orders_pb2_grpc,
 )
 
+from server import tracing
 from server.domain.limits import Budget
 from server.domain.service import InstantOrdersService
 from server.rpc import servicers
@@ -71,6 +72,15 @@ class RunningServer:
     server: grpc.aio.Server
     health: health.aio.HealthServicer
     port: int
+    #: Set once the process is stopping: readiness stays failed from then on.
+    draining: bool = False
+
+    async def set_ready(self, ready: bool) -> None:
+        """Whether the API's services can serve calls now (readiness, per service); the
+        server itself ("") stays SERVING until it stops (liveness)."""
+        status = health_pb2.HealthCheckResponse.SERVING if ready else _NOT_SERVING
+        for name in SERVICE_NAMES:
+            await self.health.set(name, status)
 
     async def stop(self, grace: float) -> None:
         """Reports NOT_SERVING, refuses new calls and lets in-flight ones finish."""
@@ -78,10 +88,14 @@ class RunningServer:
         await self.server.stop(grace)
 
 
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
 async def start_server(service: InstantOrdersService, listen: str) -> RunningServer:
     """Starts serving on `listen` ("host:port"; port 0 picks a free one)."""
     server = grpc.aio.server(
         interceptors=[
+            *tracing.server_interceptors(),
             ErrorInterceptor(),
             AuthInterceptor(service.authenticate, service.limiter.spend, BUDGETS, PUBLIC_METHODS),
         ],

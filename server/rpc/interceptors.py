@@ -11,6 +11,7 @@ import contextlib
 import contextvars
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeAlias
 
@@ -20,6 +21,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from server import metrics
 from server.domain.errors import ApiError, Reason, api_error_of, invalid_request
 from server.domain.idempotency import REPLAYED_FROM
 from server.domain.limits import Budget
@@ -74,11 +76,15 @@ def _replay_metadata() -> Metadata:
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Names the call with a request id and turns every failure into a rich status.
+    """Names the call with a request id, counts and times it, and turns every
+    failure into a rich status.
 
     An ApiError becomes its catalogued status; anything unexpected is logged
     here and answered as INTERNAL, so no stack trace or detail reaches callers.
     """
+
+    def __init__(self) -> None:
+        self._metrics: dict[str, metrics.RpcMethod] = {}
 
     async def intercept_service(
         self,
@@ -86,10 +92,16 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or not handler_call_details.method.startswith(API_METHOD_PREFIX):
+        method = handler_call_details.method
+        if handler is None or not method.startswith(API_METHOD_PREFIX):
             return handler
+        series = self._metrics.get(method)
+        if series is None:
+            service, _, name = method.strip("/").partition("/")
+            kind = "unary" if handler.unary_unary is not None else "server_stream"
+            series = self._metrics[method] = metrics.RpcMethod(kind, service, name)
         given = _values(handler_call_details.invocation_metadata, REQUEST_ID_METADATA)
-        guard = functools.partial(_Guarded, request_id_from(given))
+        guard = functools.partial(_Guarded, request_id_from(given), series)
         return _wrap(_refusing_undecodable(handler), guard)
 
 
@@ -161,33 +173,48 @@ class _Authenticated:
 
 
 class _Guarded:
-    """Around a call: names it with its request id and answers every failure with
-    a status. The reason only is logged: messages may quote what the client sent."""
+    """Around a call: names it with its request id, counts and times it, and answers
+    every failure with a status. The reason only is logged: messages may quote
+    what the client sent."""
 
-    def __init__(self, request_id: str, context: Context) -> None:
-        self._request_id, self._context = request_id, context
+    def __init__(self, request_id: str, series: metrics.RpcMethod, context: Context) -> None:
+        self._request_id, self._series, self._context = request_id, series, context
+        self._started = 0.0
 
     async def __aenter__(self) -> None:
         REQUEST_ID.set(self._request_id)
         REPLAYED_FROM.set(None)
+        self._series.started()
+        self._started = time.perf_counter()
 
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any
     ) -> None:
         replayed = _replay_metadata()
         if error is None:
+            self._handled("OK")
             if replayed:
                 self._context.set_trailing_metadata(replayed)
             return
-        if isinstance(error, grpc.aio.AbortError):
+        if isinstance(error, grpc.aio.AbortError):  # aborted inside: its code is its own
+            self._handled("UNKNOWN")
             return
         meaning = api_error_of(error)
-        if meaning is not None:
-            log.info("call refused: %s", meaning.reason.name)
-            await self._context.abort_with_status(to_rpc_status(meaning, replayed))
-        elif isinstance(error, Exception):
+        if meaning is None:
+            if not isinstance(error, Exception):  # cancelled: the client went away
+                self._handled("CANCELLED")
+                return
             log.error("unexpected failure", exc_info=error)
-            await self._context.abort_with_status(to_rpc_status(ApiError(Reason.INTERNAL)))
+            meaning = ApiError(Reason.INTERNAL)
+        else:
+            log.info("call refused: %s", meaning.reason.name)
+        self._handled(meaning.reason.code.name)
+        if meaning.reason is Reason.RATE_LIMITED:
+            metrics.rate_limited(meaning.metadata.get("budget", ""))
+        await self._context.abort_with_status(to_rpc_status(meaning, replayed))
+
+    def _handled(self, code: str) -> None:
+        self._series.handled(code, time.perf_counter() - self._started)
 
 
 class _Undecodable:

@@ -9,13 +9,16 @@ trips).
 
 from __future__ import annotations
 
+import contextlib
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import datetime
 from functools import partial
 from typing import Any, ParamSpec, TypeVar
 
-from server.domain.clock import micros
+from server import metrics, tracing
+from server.domain.clock import from_micros, micros
 from server.domain.idempotency import IdempotencyKey, KeyInUse, Remembered
 from server.domain.models import (
     ApiCredentials,
@@ -35,7 +38,7 @@ from server.domain.orders import (
     OrderOutcome,
     Refused,
 )
-from server.domain.ports import Dataset, NewCode
+from server.domain.ports import AccountBalance, Dataset, NewCode, StockLevel
 from server.keys import CodeCipher
 from server.store import statements as sql
 from server.store import transactions
@@ -52,6 +55,8 @@ from server.store.sql import Query, Unit
 from server.store.transactions import Decide, one
 
 P = ParamSpec("P")
+#: Told how many more rows a long job has done (from the database's thread, on SQLite).
+Progress = Callable[[int], object]
 T = TypeVar("T")
 
 
@@ -63,6 +68,9 @@ class SqlStore(ABC):
         self.found_schema_version = found_schema_version
         self.schema_version = SCHEMA_VERSION
 
+    #: The backend's name, as metrics and traces label it.
+    backend: str
+
     @abstractmethod
     async def _run(self, transaction: Callable[[], Unit[T]], *, writes: bool) -> T:
         """Runs the transaction the callable makes. One that writes is atomic and
@@ -71,12 +79,31 @@ class SqlStore(ABC):
     async def _read(
         self, transaction: Callable[P, Unit[T]], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        return await self._run(partial(transaction, *args, **kwargs), writes=False)
+        return await self._timed(transaction.__name__, partial(transaction, *args, **kwargs))
 
     async def _write(
         self, transaction: Callable[P, Unit[T]], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        return await self._run(partial(transaction, *args, **kwargs), writes=True)
+        return await self._timed(
+            transaction.__name__, partial(transaction, *args, **kwargs), writes=True
+        )
+
+    async def _timed(
+        self, operation: str, transaction: Callable[[], Unit[T]], *, writes: bool = False
+    ) -> T:
+        with self._measured(operation):
+            return await self._run(transaction, writes=writes)
+
+    @contextlib.contextmanager
+    def _measured(self, operation: str) -> Iterator[None]:
+        """Times the block in instant_orders_db_transaction_seconds and, when tracing is
+        on, spans it."""
+        with tracing.span(f"db {operation}", backend=self.backend):
+            started = time.perf_counter()
+            try:
+                yield
+            finally:
+                metrics.db_transaction(self.backend, operation, time.perf_counter() - started)
 
     @abstractmethod
     async def _announce_restock(self) -> None:
@@ -90,7 +117,7 @@ class SqlStore(ABC):
 
     async def _query(self, query: Query) -> Any:
         """The result of one query that only reads."""
-        return await self._read(one, query)
+        return await self._timed(query.statement.name, partial(one, query))
 
     # --- orders ---------------------------------------------------------------------
 
@@ -196,6 +223,38 @@ class SqlStore(ABC):
         rows = await self._query(sql.AUDIT_TRAIL.rows(account_id=account_id, since=micros(since)))
         return [audit_from_row(row) for row in rows]
 
+    # --- operations -----------------------------------------------------------------
+
+    async def ping(self) -> None:
+        await self._query(sql.PING.value())
+
+    async def stock_levels(self) -> list[StockLevel]:
+        rows = await self._query(sql.STOCK_LEVELS.rows())
+        return [
+            StockLevel(
+                row["sku"],
+                row["unsold"],
+                row["waiting"],
+                None if row["oldest_waiting_us"] is None else from_micros(row["oldest_waiting_us"]),
+            )
+            for row in rows
+        ]
+
+    async def all_balances(self) -> list[AccountBalance]:
+        rows = await self._query(sql.ALL_BALANCES.rows())
+        return [
+            AccountBalance(
+                row["account_id"],
+                row["name"],
+                Money.from_minor(row["amount_minor"], row["currency"]),
+            )
+            for row in rows
+        ]
+
+    async def orders_by_status(self, since: datetime) -> dict[str, int]:
+        rows = await self._query(sql.ORDERS_BY_STATUS.rows(since=micros(since)))
+        return {row["status"]: row["orders"] for row in rows}
+
     # --- administration -------------------------------------------------------------
 
     async def create_api_key(
@@ -208,13 +267,17 @@ class SqlStore(ABC):
     async def disable_api_key(self, api_key: str, now: datetime) -> int:
         return await self._write(transactions.disable_api_key, api_key, now)
 
-    async def load(self, dataset: Dataset, now: datetime) -> list[int]:
-        account_ids = await self._write(transactions.load, dataset, self._cipher, now)
+    async def load(
+        self, dataset: Dataset, now: datetime, progress: Progress | None = None
+    ) -> list[int]:
+        account_ids = await self._write(transactions.load, dataset, self._cipher, now, progress)
         await self._announce_restock()
         return account_ids
 
-    async def add_codes(self, codes: Sequence[NewCode], now: datetime) -> int:
-        added = await self._write(transactions.add_codes, codes, self._cipher, now)
+    async def add_codes(
+        self, codes: Sequence[NewCode], now: datetime, progress: Progress | None = None
+    ) -> int:
+        added = await self._write(transactions.add_codes, codes, self._cipher, now, progress)
         await self._announce_restock()
         return added
 

@@ -47,9 +47,16 @@ BatchRunner = Callable[[sqlite3.Connection, Sequence[Work[Any]]], list[_Outcome]
 class Batcher:
     """Runs queued work on one aiosqlite connection's thread, a batch per hop."""
 
-    def __init__(self, connection: aiosqlite.Connection, run_batch: BatchRunner) -> None:
+    def __init__(
+        self,
+        connection: aiosqlite.Connection,
+        run_batch: BatchRunner,
+        sizes: Callable[[int], None] | None = None,
+    ) -> None:
         self._connection = connection
         self._run_batch = run_batch
+        #: Told the size of each batch, if anyone is.
+        self._sizes = sizes
         self._queue: list[tuple[Work[Any], asyncio.Future[Any]]] = []
         self._ready = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
@@ -83,6 +90,8 @@ class Batcher:
 
     async def _run(self, batch: list[tuple[Work[Any], asyncio.Future[Any]]]) -> None:
         works = [work for work, _ in batch]
+        if self._sizes is not None:
+            self._sizes(len(works))
 
         def run_batch(db: sqlite3.Connection) -> list[_Outcome]:
             return self._run_batch(db, works)

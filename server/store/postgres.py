@@ -28,6 +28,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
@@ -101,6 +102,8 @@ class PoolSettings:
 
 
 class PostgresStore(SqlStore):
+    backend = "postgresql"
+
     def __init__(
         self,
         cipher: CodeCipher,
@@ -159,6 +162,12 @@ class PostgresStore(SqlStore):
     async def wait_for_restock(self, max_seconds: float) -> None:
         await self._notifications.restocked.wait(max_seconds)
 
+    async def backup(self, to: Path) -> None:
+        raise DataConflict(
+            "back a PostgreSQL database up with pg_dump (see docs/operations.md);"
+            " keep the key file apart from it"
+        )
+
     async def _announce_restock(self) -> None:
         await self._statement(_NOTIFY_RESTOCK.run(channel=STOCK_CHANNEL))
 
@@ -205,6 +214,12 @@ class PostgresStore(SqlStore):
         between them (a balance spent, a number claimed, a key used) the statement
         checks again. A refusal found outside that statement is stored with the
         key in a transaction of its own: nothing else changed."""
+        with self._measured("place_instant_order"):
+            return await self._place_in_two_round_trips(order, decide, key)
+
+    async def _place_in_two_round_trips(
+        self, order: NewOrder, decide: Decide, key: IdempotencyKey | None
+    ) -> OrderOutcome | Remembered | KeyInUse:
         caller, request = order.caller, order.request
         row = await self._query(
             sql.ORDER_FACTS.row(

@@ -73,10 +73,12 @@ class Compiled(NamedTuple):
 class Statement:
     """One statement, compiled for each dialect when it is made (at import)."""
 
-    __slots__ = ("per_dialect", "postgres", "sqlite", "text")
+    __slots__ = ("name", "per_dialect", "postgres", "sqlite", "text")
 
     def __init__(self, text: str, per_dialect: Mapping[Dialect, str] | None = None) -> None:
         self.text = text
+        #: What metrics and traces call it (statements.py names each after itself).
+        self.name = "statement"
         #: The text per dialect, where the two cannot share one (see `differing`).
         self.per_dialect = per_dialect or {}
         self.sqlite = _compile(self.per_dialect.get(Dialect.SQLITE, text), Dialect.SQLITE)

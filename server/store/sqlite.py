@@ -12,7 +12,10 @@ cannot interleave. Reads use a second connection and never wait for writes
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,6 +23,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from server import metrics
 from server.domain.failures import DataConflict
 from server.keys import CodeCipher
 from server.store.base import SqlStore
@@ -32,17 +36,21 @@ T = TypeVar("T")
 
 
 class SqliteStore(SqlStore):
+    backend = "sqlite"
+
     def __init__(
         self,
         cipher: CodeCipher,
         found_schema_version: int,
         writer: aiosqlite.Connection,
         reader: aiosqlite.Connection,
+        path: Path,
     ) -> None:
         super().__init__(cipher, found_schema_version)
+        self._path = path
         self._writer, self._reader = writer, reader
         self._restocked = RestockSignal()
-        self._writes = Batcher(writer, write_batch)
+        self._writes = Batcher(writer, write_batch, sizes=metrics.write_batch)
         self._reads = Batcher(reader, read_batch)
 
     @classmethod
@@ -61,7 +69,7 @@ class SqliteStore(SqlStore):
         except BaseException:
             await writer.close()
             raise
-        return cls(cipher, found_version, writer, reader)
+        return cls(cipher, found_version, writer, reader, Path(path))
 
     async def close(self) -> None:
         await self._writes.close()
@@ -76,6 +84,13 @@ class SqliteStore(SqlStore):
 
     async def _announce_restock(self) -> None:
         self._restocked.set()
+
+    async def backup(self, to: Path) -> None:
+        """VACUUM INTO a new file made 0600 first, on a connection of its own: one
+        read transaction, so a consistent copy, while writers go on (WAL)."""
+        descriptor = os.open(to, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(descriptor)
+        await asyncio.to_thread(_vacuum_into, self._path, to)
 
     async def _run(self, transaction: Callable[[], Unit[T]], *, writes: bool) -> T:
         """Writes share a transaction with concurrent writes (group commit, see
@@ -161,6 +176,12 @@ def _migrate(db: sqlite3.Connection, cipher: CodeCipher) -> int:
         raise
     db.execute("COMMIT")
     return int(found)
+
+
+def _vacuum_into(database: Path, to: Path) -> None:
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        db.execute("PRAGMA busy_timeout = 5000")
+        db.execute("VACUUM INTO ?", (str(to),))
 
 
 def _statements(script: str) -> list[str]:

@@ -224,6 +224,28 @@ AUDIT_TRAIL = Statement(
     " WHERE account_id = :account_id AND at_us >= :since ORDER BY id"
 )
 
+# --- operations --------------------------------------------------------------------
+
+#: Whether the database answers at all (readiness).
+PING = Statement("SELECT 1 AS alive")
+#: Per product: codes in stock, orders waiting for it, and since when the oldest waits.
+STOCK_LEVELS = Statement(
+    "SELECT p.sku,"
+    " (SELECT count(*) FROM codes c {unsold_codes_index}"
+    "  WHERE c.sku = p.sku AND c.order_id IS NULL) AS unsold,"
+    " (SELECT count(*) FROM orders w WHERE w.sku = p.sku AND w.status = 'PROCESSING') AS waiting,"
+    " (SELECT min(w.created_at_us) FROM orders w"
+    "  WHERE w.sku = p.sku AND w.status = 'PROCESSING') AS oldest_waiting_us"
+    " FROM products p ORDER BY p.sku"
+)
+ALL_BALANCES = Statement(
+    "SELECT a.id AS account_id, a.name, b.currency, b.amount_minor"
+    " FROM balances b JOIN accounts a ON a.id = b.account_id ORDER BY a.id, b.currency"
+)
+ORDERS_BY_STATUS = Statement(
+    "SELECT status, count(*) AS orders FROM orders WHERE created_at_us >= :since GROUP BY status"
+)
+
 # --- administration ----------------------------------------------------------------
 
 #: On PostgreSQL the account's row lock serializes its key creations, so that
@@ -281,3 +303,16 @@ RESEAL_CODE = Statement(
     "UPDATE codes SET redeem_code = :redeem_code, pin_code = :pin_code, key_id = :key_id"
     " WHERE id = :id"
 )
+
+
+def _name_each_statement() -> None:
+    """Each statement is named as it is here (in lower case), for metrics and traces."""
+    for name, value in globals().items():
+        statements = value.values() if isinstance(value, dict) else [value]
+        for entry in statements:
+            for statement in entry if isinstance(entry, tuple) else [entry]:
+                if isinstance(statement, Statement):
+                    statement.name = name.lower()
+
+
+_name_each_statement()

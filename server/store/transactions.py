@@ -298,7 +298,7 @@ def cancel_order(
         if decision.refund:
             yield from cancel_and_refund([order.stock_id], request.at, by=request.caller)
             order = replace(order, status=OrderStatus.CANCELLED)
-        outcome = Cancelled(order)
+        outcome = Cancelled(order, now=decision.refund)
     if key is not None:
         yield from remember(account_id, key, key.record_of(outcome), request.at)
     return outcome
@@ -457,7 +457,12 @@ def disable_api_key(api_key: str, now: datetime) -> Unit[int]:
     return int(account_id)
 
 
-def load(dataset: Dataset, cipher: CodeCipher, now: datetime) -> Unit[list[int]]:
+def load(
+    dataset: Dataset,
+    cipher: CodeCipher,
+    now: datetime,
+    progress: Callable[[int], object] | None = None,
+) -> Unit[list[int]]:
     """Adds the dataset; returns the new accounts' ids in the dataset's order."""
     at = micros(now)
     account_ids = []
@@ -471,15 +476,24 @@ def load(dataset: Dataset, cipher: CodeCipher, now: datetime) -> Unit[list[int]]
         account_ids.append(account_id)
     for product in dataset.products:
         yield sql.UPSERT_PRODUCT.run(**product_params(product))
-    yield from add_codes(dataset.codes, cipher, now)
+    yield from add_codes(dataset.codes, cipher, now, progress)
     for rate in dataset.rates:
         yield sql.UPSERT_RATE.run(**rate_params(rate))
     return account_ids
 
 
-def add_codes(codes: Sequence[NewCode], cipher: CodeCipher, now: datetime) -> Unit[int]:
-    """Adds the codes, sealed; a code already in stock would be sold twice, so it
-    refuses the whole list."""
+#: Codes sealed and inserted per step of `add_codes` (a step reports progress).
+CODES_PER_STEP = 2000
+
+
+def add_codes(
+    codes: Sequence[NewCode],
+    cipher: CodeCipher,
+    now: datetime,
+    progress: Callable[[int], object] | None = None,
+) -> Unit[int]:
+    """Adds the codes, sealed, telling `progress` how many more each step added; a
+    code already in stock would be sold twice, so it refuses the whole list."""
     if not codes:
         return 0
     skus = sorted({code.sku for code in codes})
@@ -488,13 +502,23 @@ def add_codes(codes: Sequence[NewCode], cipher: CodeCipher, now: datetime) -> Un
         if sku not in known:
             raise DataConflict(f"no product has SKU {sku!r}")
     ids = yield sql.NEW_CODE_IDS.column(count=len(codes))
-    rows = [
-        _code_params(code_id, code, cipher, micros(now))
-        for code_id, code in zip(ids, codes, strict=True)
-    ]
-    for sku, group in groupby(sorted(rows, key=lambda row: row["sku"]), lambda row: row["sku"]):
-        yield sql.INSERT_CODE.many(group).or_conflict(f"a code for SKU {sku!r} is already in stock")
+    at = micros(now)
+    for start in range(0, len(codes), CODES_PER_STEP):
+        step = zip(
+            ids[start : start + CODES_PER_STEP], codes[start : start + CODES_PER_STEP], strict=True
+        )
+        rows = sorted((_code_params(i, code, cipher, at) for i, code in step), key=_sku)
+        for sku, group in groupby(rows, _sku):
+            yield sql.INSERT_CODE.many(group).or_conflict(
+                f"a code for SKU {sku!r} is already in stock"
+            )
+        if progress is not None:
+            progress(len(rows))
     return len(codes)
+
+
+def _sku(row: dict[str, Any]) -> str:
+    return str(row["sku"])
 
 
 def _code_params(code_id: int, code: NewCode, cipher: CodeCipher, at: int) -> dict[str, Any]:

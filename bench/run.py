@@ -113,11 +113,11 @@ class Bench:
         self.processes.append(gateway)
         return server, gateway
 
-    def start_server(self) -> Process:
+    def start_server(self, env: dict[str, str] | None = None) -> Process:
         server = start(
             "server", self.workdir, "-m", "server.cli", "server",
             "--database", str(self.database), "--grpc-listen", self.grpc_target,
-            "--rate-limit-orders", "0", "--rate-limit-reads", "0",
+            "--rate-limit-orders", "0", "--rate-limit-reads", "0", env=env,
         )  # fmt: skip
         wait_for_grpc(server, self.grpc_target)
         self.processes.append(server)
@@ -139,10 +139,12 @@ class Bench:
         self.processes += [stub, gateway]
         return stub, gateway
 
-    def _start_gateway(self, name: str, upstream: str, base: str) -> Process:
+    def _start_gateway(
+        self, name: str, upstream: str, base: str, env: dict[str, str] | None = None
+    ) -> Process:
         gateway = start(
             name, self.workdir, "-m", "server.cli", "gateway",
-            "--upstream", upstream, "--http-listen", base.removeprefix("http://"),
+            "--upstream", upstream, "--http-listen", base.removeprefix("http://"), env=env,
         )  # fmt: skip
         wait_for_http(gateway, f"{base}/healthz")
         return gateway
@@ -205,6 +207,18 @@ class Bench:
         server.stop()
         self.processes.remove(server)
         return self.start_server()
+
+    def restart_service(
+        self, server: Process, gateway: Process, env: dict[str, str]
+    ) -> tuple[Process, Process]:
+        """Both service processes anew, on the same ports, with `env`."""
+        for process in (gateway, server):
+            process.stop()
+            self.processes.remove(process)
+        server = self.start_server(env)
+        gateway = self._start_gateway("gateway", self.grpc_target, self.http_base, env)
+        self.processes.append(gateway)
+        return server, gateway
 
     def stop(self) -> None:
         for process in reversed(self.processes):
@@ -351,6 +365,25 @@ def request_scenarios(bench: Bench, service: Meter, server: Meter, ceiling: Mete
     )  # fmt: skip
 
 
+def metrics_cost(bench: Bench, server: Process, gateway: Process) -> tuple[Process, Process]:
+    """In-stock orders again with the metrics switched off (INSTANT_ORDERS_METRICS=off),
+    beside the rows above that count and time every call; then back on."""
+    server, gateway = bench.restart_service(server, gateway, {"INSTANT_ORDERS_METRICS": "off"})
+    bench.measure(
+        "REST POST /v2/orders/instant, in stock, metrics off",
+        "REST POST /v2/orders/instant, in stock", Meter([server, gateway]),
+        bench.http_load(bench.http_base, "POST", "/v2/orders/instant", _order_json(IN_STOCK)),
+        bench.orders_written(IN_STOCK),
+    )  # fmt: skip
+    bench.measure(
+        "gRPC CreateInstantOrder, in stock, metrics off",
+        "gRPC CreateInstantOrder, in stock", Meter([server]),
+        bench.grpc_load(bench.grpc_target, ORDERS, _order_request(IN_STOCK).SerializeToString()),
+        bench.orders_written(IN_STOCK),
+    )  # fmt: skip
+    return bench.restart_service(server, gateway, {})
+
+
 def backlog(bench: Bench) -> dict[str, Any]:
     """10,000 PROCESSING orders, one restock of 10,000 codes: seconds from the
     restock's commit until the last of them is COMPLETED."""
@@ -434,10 +467,11 @@ def run(bench: Bench) -> dict[str, Any]:
     server, gateway = bench.start_service()
     bench.sign_in()
     stub, stub_gateway = bench.start_ceiling(bench.record_replies())
-    bench.ensure_stock(3 * per_scenario)  # three in-stock order scenarios
+    bench.ensure_stock(5 * per_scenario)  # five in-stock order scenarios
     request_scenarios(
         bench, Meter([server, gateway]), Meter([server]), Meter([stub, stub_gateway]), Meter([stub])
     )
+    server, gateway = metrics_cost(bench, server, gateway)
     backlog_result = backlog(bench)
     bench.ensure_stock(0, orders=2 * options.memory_orders)
     server = bench.restart_server(server)

@@ -24,7 +24,9 @@ ERROR_STATUSES = {
     "an Idempotency-Key was used for a different request (IDEMPOTENCY_KEY_MISMATCH).",
     "429": "Too Many Requests.",
     "500": "Internal Server Error.",
-    "503": "Service Unavailable: the order service cannot be reached.",
+    "503": "Service Unavailable: the order service or its database cannot serve now"
+    " (UNAVAILABLE: nothing changed), or the database did not confirm a change that may"
+    " have been made (OUTCOME_UNKNOWN: retry with the same Idempotency-Key).",
     "504": "Gateway Timeout: the order service did not answer in time.",
 }
 _SCALARS: dict[int, dict[str, Any]] = {

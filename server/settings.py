@@ -67,7 +67,7 @@ class Settings:
     )
     database_pool_size: int = setting(10, "PostgreSQL connections per process")
     database_statement_timeout_seconds: float = setting(
-        5.0, "SECONDS a PostgreSQL statement may run before the call fails with UNAVAILABLE"
+        5.0, "SECONDS a call to PostgreSQL may take in all before it fails with UNAVAILABLE"
     )
     idempotency_retention_days: float = setting(
         90.0, "DAYS an Idempotency-Key and its answer are kept; then the key may be reused"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -63,8 +65,10 @@ async def store(database: str, proxy: TcpProxy) -> AsyncIterator[PostgresStore]:
     await store.close()
 
 
-async def order(api, account: Account, sku: str = IN_STOCK, **fields):
-    return await api.call("CreateInstantOrder", {"sku": sku, **fields}, account)
+async def order(api, account: Account, sku: str = IN_STOCK, key: str | None = None, request_id=""):
+    return await api.call(
+        "CreateInstantOrder", {"sku": sku}, account, key=key, request_id=request_id
+    )
 
 
 async def test_while_postgres_is_down_calls_fail_unavailable_then_recover(
@@ -104,9 +108,96 @@ async def test_a_statement_over_its_timeout_fails_unavailable_and_changes_nothin
         reply = await order(api, acme)
         waited = time.monotonic() - started
     reply.expect_error("UNAVAILABLE", 503)
-    assert waited < STATEMENT_TIMEOUT + 5  # bounded by the timeout, not by the lock holder
+    assert waited < STATEMENT_TIMEOUT + 0.9  # bounded by the timeout, not by the lock holder
     assert snapshot(database) == before
     (await order(api, acme)).expect_ok()
+
+
+async def test_a_write_held_until_after_the_timeout_is_rolled_back_by_postgresql(
+    api, accounts, database, proxy, caplog
+):
+    """The order's write reaches PostgreSQL only after the call gave up: the call
+    answered 503 within the timeout, and the late write never commits."""
+    acme = accounts["acme"]
+    (await order(api, acme)).expect_ok()  # the pool's connection has its statements ready
+    before = snapshot(database)
+
+    proxy.hold_from(b"held-write")  # the write's parameters, sent after the facts were read
+    started = time.monotonic()
+    reply = await order(api, acme, key="k-late-write", request_id="held-write")
+    waited = time.monotonic() - started
+    reply.expect_error("UNAVAILABLE", 503)
+    assert proxy.holding.is_set()
+    assert waited < STATEMENT_TIMEOUT + 0.9  # the whole call, not waiting on a cancellation
+
+    proxy.release()  # PostgreSQL runs the write now, then reads the end of the connection
+    await eventually(lambda: _held_session_ended(database, proxy), timeout=10)
+    assert snapshot(database) == before
+    gc.collect()  # reports tasks whose exception nobody retrieved
+    assert "Traceback" not in caplog.text and "never retrieved" not in caplog.text
+
+    placed = (await order(api, acme, key="k-late-write")).expect_ok()
+    assert one(database, "SELECT count(*) FROM orders") == before["orders"] + 1
+    assert placed["status"] == "COMPLETED"
+    assert_fulfillment_consistent(database)
+
+
+async def test_a_commit_left_unanswered_is_outcome_unknown_and_never_ordered_twice(
+    api, accounts, database, proxy
+):
+    """COMMIT was sent and not answered: the client is told the order may exist; a
+    retry with its Idempotency-Key waits for the first transaction, then replays
+    it (or places it, if PostgreSQL rolled the first back): one order either way."""
+    acme = accounts["acme"]
+    (await order(api, acme)).expect_ok()
+    before = snapshot(database)
+
+    proxy.hold_from(b"COMMIT\x00")
+    reply = await order(api, acme, key="k-unanswered")
+    error = reply.expect_error("OUTCOME_UNKNOWN", 503)
+    assert "Idempotency-Key" in error["message"] and "clientOrderNumber" in error["message"]
+    while_undecided = await order(api, acme, key="k-unanswered")
+    while_undecided.expect_error("IDEMPOTENCY_KEY_IN_USE", 409)
+
+    proxy.release()
+    await eventually(lambda: _held_session_ended(database, proxy), timeout=10)
+    (await order(api, acme, key="k-unanswered")).expect_ok()
+    (await order(api, acme, key="k-unanswered")).expect_ok()
+    assert one(database, "SELECT count(*) FROM orders") == before["orders"] + 1
+    assert_fulfillment_consistent(database)
+
+
+async def test_an_outage_in_the_middle_of_calls_is_answered_and_logged_as_an_outage(
+    api, accounts, store, database, proxy, caplog
+):
+    """PostgreSQL lost while calls are in flight: each is answered (placed, 503
+    UNAVAILABLE or OUTCOME_UNKNOWN, never 500), and the log says so in warning
+    lines, with no traceback and no task left with an unretrieved exception."""
+    acme = accounts["acme"]
+    await store.top_up(acme.account_id, Money.parse("1000", "USD"), utc_now())
+    await asyncio.gather(*(order(api, acme) for _ in range(4)))  # a pool of connections
+    calls = [asyncio.create_task(order(api, acme, key=f"k-cut-{n}")) for n in range(20)]
+    await asyncio.to_thread(
+        query,
+        database,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE client_port = ANY(?)",
+        (sorted(proxy.server_ports),),
+    )  # as a restart of PostgreSQL ends every session
+    replies = await asyncio.gather(*calls)
+    gc.collect()  # reports tasks whose exception nobody retrieved
+    errors = {reply.error.get("error") for reply in replies if not reply.ok}
+    assert errors <= {"UNAVAILABLE", "OUTCOME_UNKNOWN"}, errors
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert "Traceback" not in caplog.text and "never retrieved" not in caplog.text
+    assert_fulfillment_consistent(database)
+
+
+async def _held_session_ended(database: str, proxy: TcpProxy) -> bool:
+    """Whether PostgreSQL has ended the session of the held connection: what it
+    sent is decided (the service dropped that connection when it gave up)."""
+    alive = one(database, "SELECT count(*) FROM pg_stat_activity WHERE client_port = ?",
+                (proxy.held_port,))  # fmt: skip
+    return bool(alive == 0)
 
 
 def fulfiller_waiting_for_notifications(store: PostgresStore) -> Fulfiller:

@@ -15,7 +15,7 @@ import enum
 import logging
 from dataclasses import dataclass
 
-from server.domain.failures import StorageUnavailable
+from server.domain.failures import OutcomeUnknown, StorageFailing, StorageUnavailable
 
 
 class Code(enum.Enum):
@@ -92,6 +92,13 @@ class Reason(enum.Enum):
         "Too many {budget} for this API key. Retry after {retryAfterSeconds} s.",
     )
     UNAVAILABLE = ErrorSpec(Code.UNAVAILABLE, 503, "{detail}")
+    OUTCOME_UNKNOWN = ErrorSpec(
+        Code.UNAVAILABLE,
+        503,
+        "The database did not confirm the change, which may have been made (an order may"
+        " have been placed). Retry with the same Idempotency-Key, or look the order up by"
+        " its clientOrderNumber.",
+    )
     INTERNAL = ErrorSpec(
         Code.INTERNAL, 500, "Internal error. Quote the requestId when you report it."
     )
@@ -152,6 +159,8 @@ def api_error_of(error: BaseException) -> ApiError | None:
     """What a failure means to the caller; None for a defect (answered INTERNAL)."""
     if isinstance(error, ApiError):
         return error
+    if isinstance(error, OutcomeUnknown):
+        return ApiError(Reason.OUTCOME_UNKNOWN)
     if isinstance(error, StorageUnavailable):
         return ApiError(Reason.UNAVAILABLE, detail="The database is unavailable. Retry shortly.")
     return None
@@ -160,9 +169,12 @@ def api_error_of(error: BaseException) -> ApiError | None:
 def log_retried_failure(log: logging.Logger, what: str, error: Exception) -> None:
     """Logs why a background job failed before it tries again: an outage the store
     reported (the database is down or restarting) as one line, any other failure
-    with its stack trace, since that one is a defect."""
+    with its stack trace, since that one is a defect. A failing storage (a full disk)
+    is not logged here: the store logs it, once per burst."""
+    if isinstance(error, StorageFailing):
+        return
     meaning = api_error_of(error)
-    if meaning is not None and meaning.reason is Reason.UNAVAILABLE:
+    if meaning is not None and meaning.reason.code is Code.UNAVAILABLE:
         log.warning("%s, retrying: %s", what, meaning.message)
     else:
         log.error("%s; retrying", what, exc_info=error)

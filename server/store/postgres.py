@@ -18,6 +18,13 @@ so they cannot deadlock; a deadlock or serialization failure is retried anyway.
 Restocks NOTIFY; every process LISTENs, so fulfillers anywhere wake at once
 (`wait_for_restock`). While PostgreSQL is unreachable, calls fail with
 StorageUnavailable, and the pool reconnects by itself once it is back.
+
+Every call, waiting for a connection included, is bounded by the statement
+timeout. Every write is an explicit transaction, so that its outcome is known
+whenever the call gives up before sending COMMIT: the connection is then
+dropped (never waiting on a cancellation), and PostgreSQL rolls the write back
+when it reads the end of the connection, however late it runs it. Only a call
+that gave up waiting for COMMIT's answer cannot know: OutcomeUnknown.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
 
-from server.domain.failures import DataConflict, StorageUnavailable
+from server.domain.failures import DataConflict, OutcomeUnknown, StorageUnavailable
 from server.domain.idempotency import IdempotencyKey, KeyInUse, Remembered
 from server.domain.models import OrderStatus
 from server.domain.orders import (
@@ -86,6 +93,18 @@ _UNAVAILABLE = (
     asyncpg.OperatorInterventionError,
     asyncpg.InsufficientResourcesError,
     asyncpg.QueryCanceledError,
+    # The client's protocol state broken by a connection lost mid-message, as
+    # during a restart of PostgreSQL ("cannot switch to state ...").
+    asyncpg.InternalClientError,
+)
+#: Failures after which a connection may be mid-message: it is dropped, not reused.
+_CONNECTION_SPOILT = (
+    asyncio.CancelledError,
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
 )
 _RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 #: The SQLSTATE place_instant_order raises when the balance was spent meanwhile.
@@ -96,9 +115,16 @@ _BALANCE_SPENT = "IO001"
 class PoolSettings:
     #: Connections per process; replicas x size must stay under max_connections.
     size: int = 10
-    #: The longest any statement may run, and the longest a call waits for a
-    #: free connection, before it fails with UNAVAILABLE.
+    #: The longest a call may take, waiting for a free connection included,
+    #: before it fails with UNAVAILABLE (or OUTCOME_UNKNOWN, see above).
     statement_timeout_seconds: float = 5.0
+
+    @property
+    def idle_in_transaction_seconds(self) -> float:
+        """How long PostgreSQL keeps a transaction whose client went silent (its
+        locks held) before ending it. Longer than a call, so that a retry made
+        at once still finds an undecided transaction's Idempotency-Key in use."""
+        return 3 * self.statement_timeout_seconds
 
 
 class PostgresStore(SqlStore):
@@ -131,12 +157,15 @@ class PostgresStore(SqlStore):
     ) -> PostgresStore:
         """Connects a pool to `url` (settings in its query, such as search_path, go to
         the server) and brings the schema up to date."""
-        timeout_ms = str(round(settings.statement_timeout_seconds * 1000))
-        server_settings = {"statement_timeout": timeout_ms, "application_name": "instant-orders"}
+        server_settings = {
+            "statement_timeout": _milliseconds(settings.statement_timeout_seconds),
+            "idle_in_transaction_session_timeout": _milliseconds(
+                settings.idle_in_transaction_seconds
+            ),
+            "application_name": "instant-orders",
+        }
         connect = {
             "timeout": settings.statement_timeout_seconds,  # to connect
-            # A statement PostgreSQL never answers (a dead peer) fails on our side too.
-            "command_timeout": settings.statement_timeout_seconds + 1,
             "server_settings": server_settings,
         }
         try:
@@ -177,21 +206,36 @@ class PostgresStore(SqlStore):
         return await self._on_pool(transaction, in_transaction=writes)
 
     async def _statement(self, query: Query) -> Any:
-        """One statement, atomic on its own without BEGIN and COMMIT."""
+        """One statement that changes nothing, atomic on its own without BEGIN and COMMIT."""
         return await self._on_pool(partial(one, query), in_transaction=False)
 
+    async def _write_statement(self, query: Query) -> Any:
+        """One statement that changes data: inside BEGIN and COMMIT, so that its
+        outcome is known unless the call gave up waiting for COMMIT's answer."""
+        return await self._on_pool(partial(one, query), in_transaction=True)
+
     async def _on_pool(self, transaction: Callable[[], Unit[T]], *, in_transaction: bool) -> T:
-        """Runs the transaction on a pooled connection. One that PostgreSQL aborted to
-        break a deadlock is run again; StorageUnavailable when PostgreSQL cannot serve."""
+        """Runs the transaction on a pooled connection, the whole call bounded by the
+        timeout. One that PostgreSQL aborted to break a deadlock is run again."""
+        call = _Call()
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await self._attempts(transaction, in_transaction, call)
+        except Rollback as rolled_back:
+            return rolled_back.value  # type: ignore[no-any-return]
+        except _UNAVAILABLE as error:
+            log.warning("PostgreSQL is unavailable: %s", type(error).__name__)
+            if call.committing:
+                raise OutcomeUnknown("the database did not confirm the commit") from None
+            raise StorageUnavailable("the database is unavailable") from None
+
+    async def _attempts(
+        self, transaction: Callable[[], Unit[T]], in_transaction: bool, call: _Call
+    ) -> T:
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                async with self._pool.acquire(timeout=self._timeout) as db:
-                    if not in_transaction:
-                        return await run(db, transaction())
-                    async with db.transaction():
-                        return await run(db, transaction())
-            except Rollback as rolled_back:
-                return rolled_back.value  # type: ignore[no-any-return]
+                async with self._pool.acquire() as db:
+                    return await _on_connection(db, transaction, in_transaction, call)
             except _RETRYABLE as error:
                 if attempt == ATTEMPTS:
                     raise
@@ -199,9 +243,6 @@ class PostgresStore(SqlStore):
                 log.warning(
                     "transaction aborted by PostgreSQL (%s); retrying", type(error).__name__
                 )
-            except _UNAVAILABLE as error:
-                log.warning("PostgreSQL is unavailable: %s", type(error).__name__)
-                raise StorageUnavailable("the database is unavailable") from None
         raise AssertionError("unreachable")
 
     # --- orders ---------------------------------------------------------------------
@@ -252,7 +293,7 @@ class PostgresStore(SqlStore):
             fingerprint=None if key is None else key.fingerprint,
         )
         try:
-            placed = await self._statement(place)
+            placed = await self._write_statement(place)
         except asyncpg.PostgresError as error:
             if error.sqlstate == _BALANCE_SPENT:
                 return BalanceSpent(plan.unit_price)
@@ -291,6 +332,41 @@ def _order_facts(row: Any) -> OrderFacts:
         rates={(rate["base"], rate["quote"]): rate_from_row(rate) for rate in row["rates"]},
         number_holder=row["duplicate_of"],
     )
+
+
+@dataclass
+class _Call:
+    #: Whether COMMIT was sent: if no answer comes, the outcome is unknown.
+    committing: bool = False
+
+
+async def _on_connection(
+    db: Connection, transaction: Callable[[], Unit[T]], in_transaction: bool, call: _Call
+) -> T:
+    """Runs the transaction, inside BEGIN and COMMIT if it writes. A connection
+    that may be mid-message (a timeout, a lost peer) is dropped at once: waiting
+    on it could hang, and dropping it is what rolls an uncommitted write back."""
+    try:
+        if not in_transaction:
+            return await run(db, transaction())
+        await db.execute("BEGIN")
+        try:
+            result = await run(db, transaction())
+        except _CONNECTION_SPOILT:
+            raise
+        except BaseException:
+            await db.execute("ROLLBACK")  # the connection answers: undo on it
+            raise
+        call.committing = True
+        await db.execute("COMMIT")
+        return result
+    except _CONNECTION_SPOILT:
+        db.terminate()
+        raise
+
+
+def _milliseconds(seconds: float) -> str:
+    return str(round(seconds * 1000))
 
 
 async def run(db: Connection, transaction: Unit[T]) -> T:

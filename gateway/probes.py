@@ -4,7 +4,9 @@
 - `/readyz` (readiness): 200 only while this process takes traffic: not
   draining, the gRPC server SERVING, and its database answering within a
   second (the server reports that per service, see server/runtime.py); else
-  503 with the reason.
+  503 with the reason. The server reports its database's storage failing (a
+  full disk) on a health "service" of its own, STORAGE_SERVICE, which names
+  that reason.
 - `/metrics`: Prometheus' text format, of this process (with `serve`, the
   gRPC server's and the domain's too: one process, one registry).
 """
@@ -26,7 +28,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 DRAINING: web.AppKey[bool] = web.AppKey("draining", bool)
 #: The service whose status says whether the server can serve calls now.
 READINESS_SERVICE = "instantorders.v2.OrdersService"
+#: NOT_SERVING while the database's storage fails (disk full, I/O error, read-only).
+STORAGE_SERVICE = "instantorders.v2.storage"
+STORAGE_FAILING = (
+    "the database's storage is failing (disk full, I/O error or read-only file system:"
+    " the server's log says which)"
+)
 _SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def setup(app: web.Application, channel: grpc.aio.Channel) -> None:
@@ -67,6 +76,8 @@ async def _not_ready_because(app: web.Application, health: health_pb2_grpc.Healt
         return "the gRPC server does not answer"
     if await _status(health, "") != _SERVING:
         return "the gRPC server is stopping"
+    if await _status(health, STORAGE_SERVICE) == _NOT_SERVING:
+        return STORAGE_FAILING
     return "the database does not answer"
 
 

@@ -22,11 +22,12 @@ from tqdm import tqdm
 from server import demo, logs
 from server.domain import admin
 from server.domain.clock import EPOCH, utc_now
-from server.domain.failures import DataConflict
+from server.domain.failures import DataConflict, StorageUnavailable
 from server.domain.ports import Store
 from server.keys import KeyFileError, add_code_key
 from server.runtime import open_store, serve, work
 from server.settings import ENVIRONMENT, Settings, flag, meaning
+from server.store.backends import CannotOpenDatabase
 from server.store.common import SchemaTooNew
 
 
@@ -40,8 +41,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.log_level)
     try:
         result: int = args.run(args, settings)
-    except (admin.InvalidInput, DataConflict, SchemaTooNew, KeyFileError, OSError) as error:
+    except (
+        admin.InvalidInput, DataConflict, SchemaTooNew, KeyFileError, CannotOpenDatabase, OSError,
+    ) as error:  # fmt: skip
         print(f"instant-orders: {error}", file=sys.stderr)
+        return 1
+    except StorageUnavailable as error:  # a full disk, PostgreSQL gone: one line, no traceback
+        print(f"instant-orders: the database cannot serve now: {error}", file=sys.stderr)
         return 1
     return result
 

@@ -9,11 +9,14 @@ import signal
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
+from grpc_health.v1 import health_pb2
+
 from gateway import probes
 from gateway.app import GatewaySettings, start_gateway
 from server import metrics, tracing
 from server.domain.clock import utc_now
 from server.domain.errors import log_retried_failure
+from server.domain.failures import StorageFailing
 from server.domain.fulfillment import Fulfiller, InventorySource
 from server.domain.ports import Store
 from server.domain.service import InstantOrdersService
@@ -25,6 +28,8 @@ from server.store import backends
 from server.store.postgres import PoolSettings
 
 log = logging.getLogger("instant_orders")
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 async def serve(
@@ -181,22 +186,42 @@ async def refresh_stock_gauges(store: Store) -> None:
     )
 
 
+#: What readiness finds the database doing.
+_READY, _STORAGE_FAILING, _NOT_ANSWERING = "ready", "storage failing", "not answering"
+
+
 async def watch_readiness(store: Store, server: RunningServer) -> None:
     """Reports the API's services SERVING only while the database answers within the
-    interval (the gateway's /readyz reads that)."""
-    ready = True
+    interval, and probes.STORAGE_SERVICE NOT_SERVING while its storage fails (a full
+    disk): the gateway's /readyz reads both."""
+    state = _READY
     while not server.draining:
-        try:
-            await asyncio.wait_for(store.ping(), READINESS_INTERVAL_SECONDS)
-            answered = True
-        except Exception:  # down, hung, full: not ready, whatever the cause
-            answered = False
-        if answered != ready and not server.draining:
-            ready = answered
-            log.warning("database %s: readiness %s", "back" if ready else "not answering",
-                        "restored" if ready else "fails")  # fmt: skip
-            await server.set_ready(ready)
+        found = await _database_state(store)
+        if found != state and not server.draining:
+            _log_readiness(state, found)
+            state = found
+            await server.set_ready(state == _READY)
+            storage = _NOT_SERVING if state == _STORAGE_FAILING else _SERVING
+            await server.health.set(probes.STORAGE_SERVICE, storage)
         await asyncio.sleep(READINESS_INTERVAL_SECONDS)
+
+
+async def _database_state(store: Store) -> str:
+    try:
+        await asyncio.wait_for(store.ping(), READINESS_INTERVAL_SECONDS)
+    except StorageFailing:
+        return _STORAGE_FAILING
+    except Exception:  # down, hung: not ready, whatever the cause
+        return _NOT_ANSWERING
+    return _READY
+
+
+def _log_readiness(was: str, now: str) -> None:
+    """A failing storage is not logged here: the store logs it, once per burst."""
+    if now == _NOT_ANSWERING:
+        log.warning("database not answering: readiness fails")
+    elif was == _NOT_ANSWERING and now == _READY:
+        log.warning("database back: readiness restored")
 
 
 @contextlib.asynccontextmanager

@@ -23,6 +23,7 @@ from grpc_status import rpc_status
 
 from server import metrics
 from server.domain.errors import ApiError, Reason, api_error_of, invalid_request
+from server.domain.failures import StorageFailing
 from server.domain.idempotency import REPLAYED_FROM
 from server.domain.limits import Budget
 from server.domain.models import Caller
@@ -206,7 +207,7 @@ class _Guarded:
                 return
             log.error("unexpected failure", exc_info=error)
             meaning = ApiError(Reason.INTERNAL)
-        else:
+        elif not isinstance(error, StorageFailing):  # the store logs it, once per burst
             log.info("call refused: %s", meaning.reason.name)
         self._handled(meaning.reason.code.name)
         if meaning.reason is Reason.RATE_LIMITED:

@@ -20,6 +20,7 @@ as before; under load, batches grow with the load.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -110,16 +111,32 @@ class Batcher:
 
 
 def write_batch(db: sqlite3.Connection, works: Sequence[Work[Any]]) -> list[_Outcome]:
-    """All the works in one IMMEDIATE transaction, each in a savepoint; one commit."""
-    db.execute("BEGIN IMMEDIATE")
+    """All the works in one IMMEDIATE transaction, each in a savepoint; one commit.
+
+    A batch that fails (a full disk) is rolled back, if SQLite has not done it
+    already, and the next batch finds the connection as the first did."""
+    _begin(db)
     try:
         outcomes = [_in_savepoint(db, work) for work in works]
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
-            db.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):  # _begin rolls back what is left
+                db.execute("ROLLBACK")
         raise
     return outcomes
+
+
+def _begin(db: sqlite3.Connection) -> None:
+    try:
+        db.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError:
+        if not db.in_transaction:
+            raise
+        # A ROLLBACK that failed (an I/O error) left the last batch's transaction
+        # open: without this, every write from now on would fail.
+        db.execute("ROLLBACK")
+        db.execute("BEGIN IMMEDIATE")
 
 
 def _in_savepoint(db: sqlite3.Connection, work: Work[Any]) -> _Outcome:

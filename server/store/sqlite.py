@@ -17,9 +17,10 @@ import contextlib
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aiosqlite
 
@@ -31,6 +32,7 @@ from server.store.batches import Batcher, in_thread, read_batch, write_batch
 from server.store.common import RestockSignal, SchemaTooNew
 from server.store.schema import SCHEMA_VERSION, migrate
 from server.store.sql import Dialect, Query, Returns, Rollback, Unit, advance
+from server.store.storage_faults import StorageHealth, touch
 
 T = TypeVar("T")
 
@@ -52,6 +54,7 @@ class SqliteStore(SqlStore):
         self._restocked = RestockSignal()
         self._writes = Batcher(writer, write_batch, sizes=metrics.write_batch)
         self._reads = Batcher(reader, read_batch)
+        self._storage = StorageHealth(probe=lambda: self._writes.run(touch))
 
     @classmethod
     async def open(cls, path: str | Path, cipher: CodeCipher) -> SqliteStore:
@@ -67,11 +70,12 @@ class SqliteStore(SqlStore):
                 )
             reader = await _connect(path)
         except BaseException:
-            await writer.close()
+            await _close(writer)
             raise
         return cls(cipher, found_version, writer, reader, Path(path))
 
     async def close(self) -> None:
+        await self._storage.close()
         await self._writes.close()
         await self._reads.close()
         await self._reader.close()
@@ -84,6 +88,11 @@ class SqliteStore(SqlStore):
 
     async def _announce_restock(self) -> None:
         self._restocked.set()
+
+    async def ping(self) -> None:
+        """Fails while the storage fails (a full disk), though reads still work."""
+        self._storage.check()
+        await super().ping()
 
     async def backup(self, to: Path) -> None:
         """VACUUM INTO a new file made 0600 first, on a connection of its own: one
@@ -100,6 +109,11 @@ class SqliteStore(SqlStore):
             return await batches.run(lambda db: run(db, transaction()))
         except Rollback as rolled_back:
             return rolled_back.value  # type: ignore[no-any-return]
+        except (sqlite3.Error, OSError) as error:
+            failing = self._storage.failed(error)  # a full disk, say: logged once per burst
+            if failing is None:
+                raise
+            raise failing from error
 
 
 def run(db: sqlite3.Connection, transaction: Unit[T]) -> T:
@@ -148,9 +162,28 @@ def _json_lists(params: Mapping[str, Any], lists: tuple[str, ...]) -> Mapping[st
 
 
 async def _connect(path: str | Path) -> aiosqlite.Connection:
-    connection = await aiosqlite.connect(path, isolation_level=None)
-    await in_thread(connection, _configure)
+    connection = aiosqlite.connect(path, isolation_level=None)
+    try:
+        await connection
+        await in_thread(connection, _configure)  # a file that is no database fails here
+    except BaseException:
+        await _close(connection)
+        raise
     return connection
+
+
+async def _close(connection: aiosqlite.Connection) -> None:
+    """Closes the connection and waits for its thread to end. The thread is not a
+    daemon: one left running keeps the process from ever exiting. A connection that
+    failed to open has had its thread told to stop, but not waited for: it would
+    report to an event loop already closed."""
+    try:
+        await connection.close()
+    finally:
+        # aiosqlite before 0.22 runs each connection as a Thread; since, it holds one.
+        thread = cast(threading.Thread, getattr(connection, "_thread", connection))
+        if thread.is_alive():
+            await asyncio.to_thread(thread.join)
 
 
 def _configure(db: sqlite3.Connection) -> None:
@@ -172,7 +205,8 @@ def _migrate(db: sqlite3.Connection, cipher: CodeCipher) -> int:
         run(db, migrate(Dialect.SQLITE, found, cipher))
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:  # a full disk may have rolled it back already
+            db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
     return int(found)

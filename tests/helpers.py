@@ -4,6 +4,7 @@ directly (either backend) to check what changed and what did not."""
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -55,6 +56,7 @@ def make_fulfiller(
     timeout: timedelta = timedelta(days=1),
     clock: Callable[[], datetime] = utc_now,
     batch_size: int = BATCH_SIZE,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> Fulfiller:
     """A fulfiller on the local inventory; it tells `service`'s watchers what it changed."""
     on_change = service.updates.notify if service else None
@@ -66,6 +68,7 @@ def make_fulfiller(
         on_change,
         poll_interval=0.05,
         batch_size=batch_size,
+        monotonic=monotonic,
     )
 
 

@@ -79,8 +79,13 @@ class OrdersModel(RuleBasedStateMachine):
         self.service = InstantOrdersService(
             self.store, signing_key(self.database), TIMEOUT, lambda: self.now, UNLIMITED
         )
+        # Its monotonic clock runs with the model's time: no step of the wall clock.
         self.fulfiller = Fulfiller(
-            self.store, InventorySource(self.store), TIMEOUT, lambda: self.now
+            self.store,
+            InventorySource(self.store),
+            TIMEOUT,
+            lambda: self.now,
+            monotonic=lambda: self.now.timestamp(),
         )
         (acme, _) = self.run(admin.load_dataset(self.store, copy.deepcopy(DATASET), self.now))
         self.caller = Caller(acme.account_id, acme.api_key)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from server.domain.clock import StepGuardedClock
 from server.domain.errors import log_retried_failure
 from server.domain.idempotency import RETENTION
 from server.domain.models import Order
@@ -68,7 +69,11 @@ class InventorySource:
 
 
 class Fulfiller:
-    """Completes waiting orders first come, first served, and cancels overdue ones."""
+    """Completes waiting orders first come, first served, and cancels overdue ones.
+
+    Deadlines are measured on the wall clock (`created_at`), guarded against its
+    steps by the monotonic clock: a forward step cancels no order early (see
+    StepGuardedClock)."""
 
     def __init__(
         self,
@@ -81,11 +86,13 @@ class Fulfiller:
         batch_size: int = BATCH_SIZE,
         key_retention: timedelta = RETENTION,
         observer: Observer = UNOBSERVED,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._source = source
         self._timeout = timeout
         self._clock = clock
+        self._deadline_clock = StepGuardedClock(monotonic, settle=timeout)
         self._on_change = on_change
         self._poll_interval = poll_interval
         self._batch_size = batch_size
@@ -131,7 +138,8 @@ class Fulfiller:
         even when stock arrives at the same moment. Returns how many orders
         changed."""
         now = self._clock()
-        cancelled = await self._store.cancel_overdue(now - self._timeout, now, self._batch_size)
+        created_before = self._deadline_clock.guard(now) - self._timeout
+        cancelled = await self._store.cancel_overdue(created_before, now, self._batch_size)
         completed = await self._complete(now)
         changed = [*cancelled, *completed]
         if cancelled:

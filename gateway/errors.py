@@ -40,9 +40,9 @@ HTTP_STATUS_BY_CODE = {
 GENERIC_MESSAGES = {
     grpc.StatusCode.UNAVAILABLE: "The service is unavailable. Try again shortly.",
     grpc.StatusCode.DEADLINE_EXCEEDED: "The service did not answer in time. Try again.",
-    grpc.StatusCode.RESOURCE_EXHAUSTED: "The request exceeds a limit of the service.",
     grpc.StatusCode.UNAUTHENTICATED: "Authentication is required.",
 }
+_TOO_LARGE = "The request is larger than the service accepts."
 #: The reasons of the gateway's own refusals, by the status aiohttp refuses with.
 _REFUSALS = {
     reason.http_status: reason
@@ -52,6 +52,7 @@ _REFUSALS = {
         Reason.METHOD_NOT_ALLOWED,
         Reason.PAYLOAD_TOO_LARGE,
         Reason.UNSUPPORTED_MEDIA_TYPE,
+        Reason.REQUEST_TIMEOUT,
     )
 }
 
@@ -85,6 +86,10 @@ def reply_for(error: grpc.aio.AioRpcError) -> ErrorReply:
     """A failed gRPC call's reply."""
     code = error.code()
     info = _error_info(error)
+    if info is None and code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        # gRPC's own limit on a message's size: a rate limit always says RATE_LIMITED,
+        # and a request that can never succeed must not be told to retry (429).
+        return reply_for_api_error(ApiError(Reason.PAYLOAD_TOO_LARGE, detail=_TOO_LARGE))
     if info is None:
         message = GENERIC_MESSAGES.get(code, Reason.INTERNAL.value.template)
         return reply(code.name, code, message, {})

@@ -14,12 +14,15 @@ from gateway.routes import Route
 #: Every status the API answers with besides 200; each route may return any of them.
 ERROR_STATUSES = {
     "400": "Bad Request: malformed JSON, unknown or mistyped fields or parameters.",
-    "401": "Unauthorized: x-api-key and a bearer token of that key are required.",
+    "401": "Unauthorized: x-api-key and a bearer token of that key are required; checked"
+    " before the body, so a request without them is 401 whatever its body.",
     "404": "Not Found: no such order or product for this account.",
     "409": "Conflict: duplicate clientOrderNumber with the duplicate check on, an order "
     "that can no longer be cancelled, or an Idempotency-Key whose first request is "
     "still being processed (IDEMPOTENCY_KEY_IN_USE, with Retry-After).",
-    "413": "Payload Too Large: bodies are limited to 64 KiB.",
+    "413": "Payload Too Large: bodies are limited to 16 KiB, the gRPC server's message limit.",
+    "415": "Unsupported Media Type: a body must be application/json (the token route"
+    " also takes application/x-www-form-urlencoded).",
     "422": "Unprocessable Entity: currency, balance or delivery rules refuse the order, or "
     "an Idempotency-Key was used for a different request (IDEMPOTENCY_KEY_MISMATCH).",
     "429": "Too Many Requests.",

@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import errors
+from gateway.client_address import client_metadata
 from server.domain.requests import REPLAYED_METADATA, REQUEST_ID_METADATA
 
 #: Headers passed on to the gRPC server as call metadata.
@@ -22,8 +23,7 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 
 def call_metadata(request: web.Request) -> list[tuple[str, str]]:
     metadata = [(REQUEST_ID_METADATA, request[REQUEST_ID])]
-    if request.remote:  # for the per-address limit of failed logins
-        metadata.append(("x-forwarded-for", request.remote))
+    metadata.extend(client_metadata(request))  # for the failed-login limits
     for name in FORWARDED_HEADERS:
         for value in request.headers.getall(name, ()):
             # gRPC metadata is printable ASCII; anything else cannot be a valid

@@ -61,6 +61,11 @@ class Route:
         return bool(options.Extensions[options_pb2.oauth2_token_response])
 
     @property
+    def public(self) -> bool:
+        """Needs no credentials: the token route only (the server's PUBLIC_METHODS)."""
+        return self.oauth2_token_response
+
+    @property
     def server_streaming(self) -> bool:
         return bool(self.rpc.server_streaming)
 

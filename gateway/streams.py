@@ -25,6 +25,7 @@ from aiohttp import web
 from google.protobuf.message import Message
 
 from gateway import errors, transcode
+from gateway.credentials import CredentialsCheck
 from gateway.responses import (
     REQUEST_ID,
     call_metadata,
@@ -50,7 +51,11 @@ def setup(app: web.Application) -> None:
 
 
 def stream_handler(
-    route: Route, channel: grpc.aio.Channel, heartbeat_seconds: float, timeout_seconds: float
+    route: Route,
+    channel: grpc.aio.Channel,
+    heartbeat_seconds: float,
+    timeout_seconds: float,
+    credentials: CredentialsCheck,
 ) -> Handler:
     start_call = channel.unary_stream(
         route.rpc_path,
@@ -59,7 +64,13 @@ def stream_handler(
     )
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        message = transcode.request_message(route, request.match_info, request.query, None)
+        try:
+            message = transcode.request_message(route, request.match_info, request.query, None)
+        except ApiError:  # authentication first, as for every route
+            refusal = await credentials.refusal(route, request)
+            if refusal is not None:
+                return error_response(request, refusal)
+            raise
         call = start_call(message, metadata=call_metadata(request), timeout=timeout_seconds)
         open_streams = request.app[OPEN_STREAMS]
         open_streams.add(call)
@@ -94,7 +105,7 @@ async def _start_events(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
+            "Cache-Control": "no-store",
             "X-Accel-Buffering": "no",  # nginx: pass events on at once
         }
     )

@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from functools import cache
 from typing import Any, cast
+from urllib.parse import parse_qsl
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -83,14 +84,20 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     return value
 
 
-def form_fields(form: MultiMapping[Any]) -> dict[str, str]:
-    """An application/x-www-form-urlencoded body; each parameter at most once (RFC 6749)."""
-    fields = {}
-    for key in form:
-        values = form.getall(key)
-        if len(values) != 1 or not isinstance(values[0], str):
+def form_fields(raw: bytes, charset: str | None) -> dict[str, str]:
+    """An application/x-www-form-urlencoded body in its charset (UTF-8 if none),
+    decoded strictly; each parameter at most once (RFC 6749)."""
+    encoding = charset or "utf-8"
+    try:
+        text = raw.decode(encoding).rstrip()
+        pairs = parse_qsl(text, keep_blank_values=True, encoding=encoding, errors="strict")
+    except (LookupError, ValueError):  # an unknown charset, or bytes that are not in it
+        raise invalid_request("The body is not form data in its charset.") from None
+    fields: dict[str, str] = {}
+    for key, value in pairs:
+        if key in fields:
             raise invalid_request(f"Parameter {key!r} must be given once.")
-        fields[key] = values[0]
+        fields[key] = value
     return fields
 
 

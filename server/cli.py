@@ -29,6 +29,7 @@ from server.runtime import open_store, serve, work
 from server.settings import ENVIRONMENT, Settings, flag, meaning
 from server.store.backends import CannotOpenDatabase
 from server.store.common import SchemaTooNew
+from server.tls import TlsSettingsError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -43,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.run(args, settings)
     except (
         admin.InvalidInput, DataConflict, SchemaTooNew, KeyFileError, CannotOpenDatabase, OSError,
+        TlsSettingsError,
     ) as error:  # fmt: skip
         print(f"instant-orders: {error}", file=sys.stderr)
         return 1
@@ -56,15 +58,19 @@ _DATABASE = (
     "database", "secret_key_file", "database_pool_size", "database_statement_timeout_seconds",
 )  # fmt: skip
 _FULFILLER = ("fulfillment_timeout_seconds", "idempotency_retention_days")
-_LIMITS = ("rate_limit_orders", "rate_limit_reads")
+_LIMITS = ("rate_limit_orders", "rate_limit_reads", "rate_limit_tokens", "trusted_proxies")
+#: TLS between a gateway and a server on different hosts; `serve` refuses them (server/tls.py).
+_SERVER_TLS = ("tls_cert", "tls_key", "tls_client_ca")
+_UPSTREAM_TLS = ("tls_ca", "tls_client_cert", "tls_client_key")
 #: The settings each command takes as flags (all of them also from the environment).
 COMMAND_OPTIONS: dict[str, tuple[str, ...]] = {
     "serve": ("grpc_listen", "http_listen", *_DATABASE, *_FULFILLER, *_LIMITS, "otlp_endpoint"),
     "server": (
         "grpc_listen", *_DATABASE, *_FULFILLER, *_LIMITS, "metrics_listen", "otlp_endpoint",
+        *_SERVER_TLS,
     ),
     "worker": (*_FULFILLER, *_DATABASE, "metrics_listen", "otlp_endpoint"),
-    "gateway": ("upstream", "http_listen", "otlp_endpoint"),
+    "gateway": ("upstream", "http_listen", "trusted_proxies", "otlp_endpoint", *_UPSTREAM_TLS),
     "demo": ("grpc_listen", "http_listen", "secret_key_file"),
     "admin": _DATABASE,
 }  # fmt: skip
@@ -100,7 +106,8 @@ def _parser() -> argparse.ArgumentParser:
 
 _METAVARS = {
     "seconds": "SECONDS", "days": "DAYS", "size": "N", "orders": "RATE:BURST",
-    "reads": "RATE:BURST",
+    "reads": "RATE:BURST", "tokens": "RATE:BURST", "proxies": "CIDR,...",
+    "cert": "PEM", "key": "PEM", "ca": "PEM",
 }  # fmt: skip
 
 
@@ -318,6 +325,7 @@ def _audit(account_id: int, since: datetime) -> AdminAction:
                 "accountId": record.account_id,
                 "apiKey": record.api_key,
                 "requestId": record.request_id,
+                "clientRequestId": record.client_request_id,
                 "transactionId": record.transaction_id,
                 "details": record.details,
             }

@@ -22,6 +22,10 @@ from server import tracing
 
 #: The id of the request being served; "-" outside of one.
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+#: The id the client sent for it (the gateway's, through the gateway); "" if none.
+CLIENT_REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "client_request_id", default=""
+)
 
 _SECRET_SHAPES = re.compile(
     r"sk_[A-Za-z0-9_-]{16,}"  # an API secret
@@ -36,6 +40,7 @@ class _RequestIdFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = REQUEST_ID.get()
+        record.client_request_id = CLIENT_REQUEST_ID.get()
         record.trace_id = tracing.trace_id() if tracing.enabled() else ""
         return True
 
@@ -49,6 +54,9 @@ class JsonFormatter(logging.Formatter):
             "requestId": getattr(record, "request_id", "-"),
             "message": mask(record.getMessage()),
         }
+        client_request_id = getattr(record, "client_request_id", "")
+        if client_request_id:
+            line["clientRequestId"] = mask(client_request_id)
         trace_id = getattr(record, "trace_id", "")
         if trace_id:
             line["traceId"] = trace_id

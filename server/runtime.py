@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
@@ -13,7 +14,7 @@ from grpc_health.v1 import health_pb2
 
 from gateway import probes
 from gateway.app import GatewaySettings, start_gateway
-from server import metrics, tracing
+from server import metrics, tls, tracing
 from server.domain.clock import utc_now
 from server.domain.errors import log_retried_failure
 from server.domain.failures import StorageFailing
@@ -23,8 +24,9 @@ from server.domain.service import InstantOrdersService
 from server.keys import CodeCipher, load_or_create
 from server.metrics import PrometheusObserver, serve_metrics
 from server.rpc.app import RunningServer, start_server
+from server.rpc.interceptors import ClientAddresses
 from server.settings import Settings
-from server.store import backends
+from server.store import backends, rate_limits
 from server.store.postgres import PoolSettings
 
 log = logging.getLogger("instant_orders")
@@ -45,21 +47,27 @@ async def serve(
     then the gRPC server (health NOT_SERVING, in-flight calls finish within
     the grace period), then the database closes.
     """
+    if grpc and gateway:  # the gateway calls its own server over loopback, in plaintext
+        tls.refuse_in_one_process(settings)
     stop = _stop_on_signals()
     _observability(settings, "instant-orders")
     if settings.metrics_listen and not gateway:  # with a gateway, its /metrics shows all
         serve_metrics(settings.metrics_listen)
+    # Proves to the server that a call comes from this process's gateway.
+    in_process_token = secrets.token_urlsafe(32) if grpc and gateway else ""
     async with contextlib.AsyncExitStack() as stack:
         ports: dict[str, int] = {}
         upstream = settings.upstream
         server = app = None
         if grpc:
-            server = await stack.enter_async_context(_grpc_server(settings))
+            server = await stack.enter_async_context(_grpc_server(settings, in_process_token))
             ports["grpc"] = server.port
             upstream = f"{local_host(settings.grpc_listen)}:{server.port}"
             log.info("gRPC server listening on %s", _address(settings.grpc_listen, server.port))
         if gateway:
-            http_port, app = await stack.enter_async_context(_gateway(settings, upstream))
+            http_port, app = await stack.enter_async_context(
+                _gateway(settings, upstream, in_process_token)
+            )
             ports["http"] = http_port
             log.info("REST gateway listening on %s", _address(settings.http_listen, http_port))
         if on_ready:
@@ -108,9 +116,12 @@ async def work(settings: Settings) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _grpc_server(settings: Settings) -> AsyncIterator[RunningServer]:
+async def _grpc_server(settings: Settings, in_process_token: str) -> AsyncIterator[RunningServer]:
+    credentials = tls.server_credentials(settings)  # a bad file stops us before the database
     store = await open_store(settings)
+    shared_limits = None
     try:
+        shared_limits = await rate_limits.open_shared(settings.database)
         signing_key = load_or_create(settings.key_file).token_signing_key
         service = InstantOrdersService(
             store,
@@ -118,9 +129,11 @@ async def _grpc_server(settings: Settings) -> AsyncIterator[RunningServer]:
             settings.token_lifetime,
             limits=settings.limits,
             observer=PrometheusObserver(),
+            shared_limits=shared_limits,
         )
         fulfiller = _fulfiller(settings, store, on_change=service.updates.notify)
-        server = await start_server(service, settings.grpc_listen)
+        addresses = ClientAddresses(settings.proxies, in_process_token)
+        server = await start_server(service, settings.grpc_listen, addresses, credentials)
         jobs = (
             fulfiller.run(),
             service.updates.run(),
@@ -136,6 +149,8 @@ async def _grpc_server(settings: Settings) -> AsyncIterator[RunningServer]:
                 service.updates.close()
                 await server.stop(settings.shutdown_grace_seconds)
     finally:
+        if shared_limits is not None:
+            await shared_limits.close()
         await store.close()
 
 
@@ -237,12 +252,17 @@ async def _background(*jobs: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def _gateway(settings: Settings, upstream: str) -> AsyncIterator[tuple[int, Any]]:
+async def _gateway(
+    settings: Settings, upstream: str, in_process_token: str
+) -> AsyncIterator[tuple[int, Any]]:
     runner, port, channel = await start_gateway(
         GatewaySettings(
             upstream=upstream,
             http_listen=settings.http_listen,
             shutdown_grace_seconds=settings.shutdown_grace_seconds,
+            trusted_proxies=settings.proxies,
+            in_process_token=in_process_token,
+            upstream_credentials=tls.upstream_credentials(settings),
         )
     )
     try:

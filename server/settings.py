@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
 from typing import Any
 
+from server.domain.clients import TrustedProxies
 from server.domain.fulfillment import BATCH_SIZE
 from server.domain.limits import DEFAULT_LIMITS, Limits, Rate
 
@@ -36,6 +37,25 @@ class Settings:
     grpc_listen: str = setting("127.0.0.1:50051", "HOST:PORT of the gRPC server")
     http_listen: str = setting("127.0.0.1:8080", "HOST:PORT of the REST gateway")
     upstream: str = setting("127.0.0.1:50051", "HOST:PORT of the gRPC server a gateway calls")
+    tls_cert: str = setting(
+        "",
+        "PEM certificate chain of the gRPC server; with --tls-key it serves TLS only "
+        "(default: plaintext, for loopback)",
+    )
+    tls_key: str = setting("", "PEM private key of --tls-cert (unencrypted; keep it 0600)")
+    tls_client_ca: str = setting(
+        "", "PEM CA certificates: the gRPC server requires a client certificate they issued "
+        "(mutual TLS); needs --tls-cert",
+    )  # fmt: skip
+    tls_ca: str = setting(
+        "",
+        "PEM CA certificates a gateway verifies its upstream's certificate with; TLS to "
+        "the upstream when set (default: plaintext)",
+    )
+    tls_client_cert: str = setting(
+        "", "PEM certificate chain a gateway presents to its upstream (mutual TLS); needs --tls-ca"
+    )
+    tls_client_key: str = setting("", "PEM private key of --tls-client-cert (unencrypted)")
     token_lifetime_seconds: int = setting(3600, "SECONDS a bearer token is valid")
     shutdown_grace_seconds: float = setting(
         10.0, "SECONDS in-flight calls may take to finish after SIGTERM"
@@ -56,14 +76,30 @@ class Settings:
     secret_key_file: str = setting(
         "",
         "key file of the token signing key and the code data keys, made with mode 0600 "
-        "if missing (default: the database path + .key; instant-orders.key for "
+        "if missing for a database holding no code (one holding codes is refused without "
+        "its key file) (default: the database path + .key; instant-orders.key for "
         "PostgreSQL); keep it apart from backups; replicas share one",
     )
     rate_limit_orders: str = setting(
-        str(DEFAULT_LIMITS.orders), "orders per API key and process: RATE/s:BURST, 0 = off"
+        str(DEFAULT_LIMITS.orders),
+        "orders per API key (all replicas on PostgreSQL; per process on SQLite): "
+        "RATE/s:BURST, 0 = off",
     )
     rate_limit_reads: str = setting(
-        str(DEFAULT_LIMITS.reads), "reads per API key and process: RATE/s:BURST, 0 = off"
+        str(DEFAULT_LIMITS.reads),
+        "reads per API key (all replicas on PostgreSQL; per process on SQLite): "
+        "RATE/s:BURST, 0 = off",
+    )
+    rate_limit_tokens: str = setting(
+        str(DEFAULT_LIMITS.token_requests),
+        "tokens issued per API key and process (10 a minute, burst 20): RATE/s:BURST, 0 = off",
+    )
+    trusted_proxies: str = setting(
+        "",
+        "CIDR,... of the proxies (load balancers; for a server, its gateways) whose "
+        "X-Forwarded-For or Forwarded names the client's address for the failed-login "
+        "limits; none by default: the TCP peer is the client (serve's own gateway is "
+        "believed without it)",
     )
     database_pool_size: int = setting(10, "PostgreSQL connections per process")
     database_statement_timeout_seconds: float = setting(
@@ -99,8 +135,9 @@ class Settings:
             raise ValueError("metrics must be on or off")
         if self.fulfillment_batch < 1:
             raise ValueError("the fulfillment batch must be 1 or more")
-        for rate in (self.rate_limit_orders, self.rate_limit_reads):
+        for rate in (self.rate_limit_orders, self.rate_limit_reads, self.rate_limit_tokens):
             Rate.parse(rate)  # raises ValueError for a malformed RATE:BURST
+        TrustedProxies.parse(self.trusted_proxies)  # raises ValueError for a malformed CIDR
 
     @property
     def limits(self) -> Limits:
@@ -108,7 +145,12 @@ class Settings:
             DEFAULT_LIMITS,
             orders=Rate.parse(self.rate_limit_orders),
             reads=Rate.parse(self.rate_limit_reads),
+            token_requests=Rate.parse(self.rate_limit_tokens),
         )
+
+    @property
+    def proxies(self) -> TrustedProxies:
+        return TrustedProxies.parse(self.trusted_proxies)
 
     @property
     def key_file(self) -> str:

@@ -85,15 +85,16 @@ class RestApi:
         *,
         key: str | None = None,
         request_id: str = "",
+        headers: dict[str, str] | None = None,
     ) -> Reply:
         """The call; `key` is sent as the Idempotency-Key header, `request_id` as
-        X-Request-Id."""
+        X-Request-Id, `headers` as they are."""
         route = ROUTES[rpc]
         fields = dict(fields or {})
         path = route.path
         for json_name in route.path_fields:
             path = path.replace("{" + json_name + "}", str(fields.pop(json_name)))
-        headers = account.headers() if account else {}
+        headers = {**(account.headers() if account else {}), **(headers or {})}
         if key is not None:
             headers["Idempotency-Key"] = key
         if request_id:
@@ -140,14 +141,16 @@ class GrpcApi:
         *,
         key: str | None = None,
         request_id: str = "",
+        headers: dict[str, str] | None = None,
     ) -> Reply:
         """The call; `key` is sent as the request's request_id field (AIP-155),
-        `request_id` as x-request-id metadata."""
+        `request_id` as x-request-id metadata, `headers` as metadata."""
         route = ROUTES[rpc]
         request = json_format.ParseDict(fields or {}, route.request_type())
         if key is not None:
             request.request_id = key  # type: ignore[attr-defined]
-        metadata = [(k.lower(), v) for k, v in (account.headers() if account else {}).items()]
+        sent = {**(account.headers() if account else {}), **(headers or {})}
+        metadata = [(k.lower(), v) for k, v in sent.items()]
         if request_id:
             metadata.append(("x-request-id", request_id))
         call = self.channel.unary_unary(

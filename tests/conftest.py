@@ -17,13 +17,16 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import HTTP_LIMITS, GatewaySettings, create_app
 from server.domain import admin
+from server.domain.clients import TrustedProxies
 from server.domain.clock import utc_now
 from server.domain.fulfillment import Fulfiller
-from server.domain.limits import DEFAULT_LIMITS, Limits
+from server.domain.limits import DEFAULT_LIMITS, Limits, SharedBuckets
 from server.domain.ports import Store
 from server.domain.service import InstantOrdersService
 from server.metrics import PrometheusObserver
 from server.rpc.app import RunningServer, start_server
+from server.rpc.interceptors import ClientAddresses
+from server.store import rate_limits
 from tests.api import Account, GrpcApi, RestApi
 from tests.databases import (
     drop_postgres_schema,
@@ -96,13 +99,25 @@ def limits() -> Limits:
 
 
 @pytest.fixture
-async def service(store: Store, database: str, limits: Limits) -> InstantOrdersService:
+async def shared_limits(database: str) -> AsyncIterator[SharedBuckets | None]:
+    """The rate-limit buckets the replicas share, as `serve` opens them: PostgreSQL only."""
+    shared = await rate_limits.open_shared(database)
+    yield shared
+    if shared is not None:
+        await shared.close()
+
+
+@pytest.fixture
+async def service(
+    store: Store, database: str, limits: Limits, shared_limits: SharedBuckets | None
+) -> InstantOrdersService:
     return InstantOrdersService(
         store,
         signing_key(database),
         timedelta(hours=1),
         limits=limits,
         observer=PrometheusObserver(),
+        shared_limits=shared_limits,
     )
 
 
@@ -120,8 +135,22 @@ async def accounts(store: Store, service: InstantOrdersService) -> dict[str, Acc
 
 
 @pytest.fixture
-async def grpc_server(service: InstantOrdersService) -> AsyncIterator[RunningServer]:
-    server = await start_server(service, "127.0.0.1:0")
+def trusted_proxies() -> TrustedProxies:
+    """--trusted-proxies of the server and gateway under test (none); a test may override it."""
+    return TrustedProxies()
+
+
+#: Wires the gateway and the server under test as `serve` does: the server believes
+#: the client address its in-process gateway names, and no other loopback peer's.
+IN_PROCESS_TOKEN = "in-process-token-of-the-tests"
+
+
+@pytest.fixture
+async def grpc_server(
+    service: InstantOrdersService, trusted_proxies: TrustedProxies
+) -> AsyncIterator[RunningServer]:
+    addresses = ClientAddresses(trusted_proxies, IN_PROCESS_TOKEN)
+    server = await start_server(service, "127.0.0.1:0", addresses)
     yield server
     await server.stop(grace=1)
 
@@ -138,8 +167,13 @@ async def channel(grpc_port: int) -> AsyncIterator[grpc.aio.Channel]:
 
 
 @pytest.fixture
-async def http(channel: grpc.aio.Channel) -> AsyncIterator[TestClient[Any, Any]]:
-    server = TestServer(create_app(channel, GatewaySettings(rpc_timeout_seconds=5)))
+async def http(
+    channel: grpc.aio.Channel, trusted_proxies: TrustedProxies
+) -> AsyncIterator[TestClient[Any, Any]]:
+    settings = GatewaySettings(
+        rpc_timeout_seconds=5, trusted_proxies=trusted_proxies, in_process_token=IN_PROCESS_TOKEN
+    )
+    server = TestServer(create_app(channel, settings))
     await server.start_server(**HTTP_LIMITS)  # the production parser limits
     async with TestClient(server) as client:
         yield client

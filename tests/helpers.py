@@ -164,8 +164,8 @@ def assert_fulfillment_consistent(database: str) -> None:
         "COMPLETED": (1, 0, 1, 1),
         "CANCELLED": (1, 1, 2, 0),
     }
-    for stock_id, status, _, debits, refunds, ledger_rows, codes in rows:
-        assert (debits, refunds, ledger_rows, codes) == expected[status], (stock_id, status)
+    for order_id, status, _, debits, refunds, ledger_rows, codes in rows:
+        assert (debits, refunds, ledger_rows, codes) == expected[status], (order_id, status)
     codes_sold_twice = one(
         database,
         "SELECT count(*) FROM (SELECT sku, fingerprint FROM codes WHERE order_id IS NOT NULL"

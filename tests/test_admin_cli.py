@@ -6,6 +6,9 @@ import json
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
+from server.domain.money import MAX_BALANCE_MINOR, Money
 from server.domain.service import InstantOrdersService
 from tests.databases import (
     latest_schema_version,
@@ -129,6 +132,63 @@ def test_top_up_writes_a_ledger_row(tmp_path, database):
         admin(database, f"top-up --account {account_id} --currency EUR --amount -5").returncode == 1
     )
     assert admin(database, "top-up --account 999 --currency EUR --amount 5").returncode == 1
+
+
+def top_up(database: str, account_id: int, currency: str, amount: str):
+    return run_cli(
+        "admin", *database_args(database), "top-up", "--account", str(account_id),
+        "--currency", currency, "--amount", amount,
+    )  # fmt: skip
+
+
+def assert_refused_in_one_line(result, *words: str) -> None:
+    assert result.returncode == 1, result.stdout
+    (line,) = result.stderr.strip().splitlines()
+    for word in words:
+        assert word in line
+
+
+#: An Arabic-Indic five, an exponent, more digits than the currency has (the
+#: rest of the spellings: test_money.py).
+NOT_AMOUNTS = ["\u0665", "1e3", "5.000000001"]
+
+
+def test_top_up_takes_ascii_decimal_amounts_only(tmp_path, database):
+    account_id = load(tmp_path, database, DATASET)["accounts"][0]["accountId"]
+    before = snapshot(database)
+
+    for amount in NOT_AMOUNTS:
+        assert_refused_in_one_line(top_up(database, account_id, "USD", amount), "amount")
+
+    assert snapshot(database) == before
+
+
+def test_no_top_up_takes_a_balance_past_the_maximum(tmp_path, database):
+    """10^15 minor units at most: 9e16 twice no longer overflows SQLite's integer."""
+    account_id = load(tmp_path, database, DATASET)["accounts"][0]["accountId"]
+    most = str(Money.from_minor(MAX_BALANCE_MINOR, "EUR").amount)  # 10000000000000.00
+    assert_refused_in_one_line(top_up(database, account_id, "EUR", "90000000000000000"), most)
+    assert top_up(database, account_id, "EUR", most).returncode == 0
+    before = snapshot(database)
+
+    for amount in ("0.01", most):
+        assert_refused_in_one_line(top_up(database, account_id, "EUR", amount), "maximum", most)
+
+    assert snapshot(database) == before
+    eur = "SELECT amount_minor FROM balances WHERE account_id = ? AND currency = 'EUR'"
+    assert one(database, eur, (account_id,)) == MAX_BALANCE_MINOR
+    assert_invariants(database)
+
+
+def test_the_schema_refuses_a_balance_past_the_maximum(tmp_path, database):
+    load(tmp_path, database, DATASET)
+    at_most = "UPDATE balances SET amount_minor = ? WHERE currency = 'USD'"
+
+    query(database, at_most, (MAX_BALANCE_MINOR,))
+    with pytest.raises(Exception, match=r"(?i)check constraint"):
+        query(database, at_most, (MAX_BALANCE_MINOR + 1,))
+
+    assert one(database, "SELECT max(amount_minor) FROM balances") == MAX_BALANCE_MINOR
 
 
 def test_set_rate(tmp_path, database):

@@ -52,6 +52,7 @@ def test_a_failed_call_is_answered_with_the_status_the_catalogue_declares(reason
         (405, "METHOD_NOT_ALLOWED"),
         (413, "PAYLOAD_TOO_LARGE"),
         (415, "UNSUPPORTED_MEDIA_TYPE"),
+        (408, "REQUEST_TIMEOUT"),
     ],
 )
 def test_the_gateways_own_refusals_are_reasons_of_the_catalogue(status, reason):

@@ -5,8 +5,10 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from server.domain.errors import ApiError
-from server.domain.limits import Limits, Rate, TokenBuckets
+from server.domain import service as service_module
+from server.domain.clients import TrustedProxies
+from server.domain.errors import ApiError, Reason
+from server.domain.limits import DEFAULT_LIMITS, Limiter, Limits, Rate, TokenBuckets
 from tests.metrics import moved, scrape
 from tests.processes import run_cli
 
@@ -15,7 +17,15 @@ ORDER = "CreateInstantOrder"
 
 @pytest.fixture
 def limits() -> Limits:
-    return Limits(orders=Rate(0.01, 3), reads=Rate(0.01, 5), streams_per_key=2)
+    return Limits(
+        orders=Rate(0.01, 3),
+        reads=Rate(0.01, 5),
+        streams_per_key=2,
+        # The default bursts, refilled too slowly for the test's own pace to matter.
+        failed_logins_per_key_and_address=Rate(0.01, 5),
+        failed_logins_per_address=Rate(0.01, 20),
+        token_requests=Rate(0.01, 3),
+    )
 
 
 async def test_orders_beyond_the_burst_are_429_with_retry_and_ratelimit_headers(api, accounts):
@@ -100,7 +110,9 @@ def login(account, secret=None):
     }
 
 
-async def test_failed_logins_are_limited_per_key_and_never_say_what_was_wrong(http, accounts):
+async def test_failed_logins_are_limited_per_key_and_address_and_never_say_what_was_wrong(
+    http, accounts
+):
     acme, globex = accounts["acme"], accounts["globex"]
     answers = []
     for credentials in [login(acme, "wrong")] * 4 + [login("ak_unknown")]:
@@ -109,7 +121,7 @@ async def test_failed_logins_are_limited_per_key_and_never_say_what_was_wrong(ht
         answers.append((response.status, body["error"], body["message"]))
     assert len(set(answers)) == 1, "a wrong key and a wrong secret must look alike"
     assert answers[0][:2] == (401, "invalid_client")
-    await http.post("/v2/auth/token", data=login(acme, "wrong"))  # the fifth failure of the key
+    await http.post("/v2/auth/token", data=login(acme, "wrong"))  # the fifth from this address
 
     limited = await http.post("/v2/auth/token", data=login(acme))  # even the right secret
 
@@ -119,12 +131,102 @@ async def test_failed_logins_are_limited_per_key_and_never_say_what_was_wrong(ht
     assert (await http.post("/v2/auth/token", data=login(globex))).status == 200
 
 
-async def test_failed_logins_are_limited_per_client_address(http, accounts):
+#: The test client and gateway are on loopback: trusted, they may name any address.
+BEHIND_A_PROXY = pytest.mark.parametrize(
+    "trusted_proxies", [TrustedProxies.parse("127.0.0.0/8")], ids=["behind-a-proxy"]
+)
+ATTACKER, OWNER = "198.51.100.7", "203.0.113.20"
+
+
+def from_address(address: str) -> dict[str, str]:
+    return {"X-Forwarded-For": address}
+
+
+@BEHIND_A_PROXY
+async def test_failed_logins_from_one_address_never_lock_out_the_owner_at_another(api, accounts):
+    acme = accounts["acme"]
+    answers = []
+    for _ in range(8):
+        reply = await api.call("IssueToken", login(acme, "wrong"), headers=from_address(ATTACKER))
+        answers.append(reply.error["error"])
+    assert answers == ["invalid_client"] * 5 + ["RATE_LIMITED"] * 3
+    there = await api.call("IssueToken", login(acme), headers=from_address(ATTACKER))
+    there.expect_error("RATE_LIMITED", 429)  # even the right secret, from there
+
+    (await api.call("IssueToken", login(acme), headers=from_address(OWNER))).expect_ok()
+
+
+@BEHIND_A_PROXY
+async def test_failed_logins_are_limited_per_client_address(api, accounts):
     for attempt in range(20):  # a different key each time: only the address repeats
-        response = await http.post("/v2/auth/token", data=login(f"ak_guess_{attempt}"))
-        assert response.status == 401
-    limited = await http.post("/v2/auth/token", data=login(accounts["globex"]))
-    assert limited.status == 429
+        reply = await api.call(
+            "IssueToken", login(f"ak_guess_{attempt}"), headers=from_address(ATTACKER)
+        )
+        reply.expect_error("invalid_client", 401)
+    globex = accounts["globex"]
+
+    there = await api.call("IssueToken", login(globex), headers=from_address(ATTACKER))
+
+    there.expect_error("RATE_LIMITED", 429)
+    (await api.call("IssueToken", login(globex), headers=from_address(OWNER))).expect_ok()
+
+
+async def test_a_throttled_token_request_is_refused_before_its_secret_is_checked(
+    service, accounts, monkeypatch
+):
+    acme = accounts["acme"]
+    for _ in range(5):
+        with pytest.raises(ApiError):
+            await service.issue_token("client_credentials", acme.api_key, "wrong", ATTACKER)
+    checked = []
+    monkeypatch.setattr(service_module, "verify_secret", lambda *args: checked.append(args))
+
+    for secret in ("wrong", acme.api_secret):  # no oracle: the same refusal for both
+        with pytest.raises(ApiError) as refused:
+            await service.issue_token("client_credentials", acme.api_key, secret, ATTACKER)
+        assert refused.value.reason is Reason.RATE_LIMITED
+    assert checked == [], "a throttled attempt must cost no scrypt"
+
+
+async def test_token_requests_beyond_the_burst_are_429_even_with_the_right_secret(api, accounts):
+    acme, globex = accounts["acme"], accounts["globex"]
+    for _ in range(2):  # the accounts fixture had the first of the burst of 3
+        (await api.call("IssueToken", login(acme))).expect_ok()
+
+    refused = await api.call("IssueToken", login(acme))
+
+    error = refused.expect_error("RATE_LIMITED", 429)
+    assert error["budget"] == "token requests"
+    if api.transport == "rest":
+        assert refused.headers["RateLimit-Policy"] == '"token requests";q=3;w=300'
+        assert int(refused.headers["Retry-After"]) >= 1
+    (await api.call("IssueToken", login(globex))).expect_ok()  # each key has its own
+
+
+def test_tokens_are_issued_10_a_minute_per_key_with_a_burst_of_20():
+    now = [0.0]
+    limiter = Limiter(DEFAULT_LIMITS, clock=lambda: now[0])
+    for _ in range(20):
+        limiter.check_login("ak_busy", "192.0.2.1")
+        limiter.token_issued("ak_busy")
+    with pytest.raises(ApiError) as refused:
+        limiter.check_login("ak_busy", "192.0.2.2")  # from anywhere
+    assert refused.value.metadata["budget"] == "token requests"
+    limiter.check_login("ak_other", "192.0.2.1")
+    for _ in range(5):
+        limiter.login_failed("ak_busy", "192.0.2.3")  # a stranger's failures spend none
+    now[0] = 6.0  # one more every 6 s
+
+    limiter.check_login("ak_busy", "192.0.2.1")
+
+
+def test_ipv6_clients_are_counted_per_64():
+    limiter = Limiter(DEFAULT_LIMITS)
+    for host in range(1, 21):
+        limiter.login_failed(f"ak_guess_{host}", f"2001:db8:1:2::{host:x}")
+    with pytest.raises(ApiError):
+        limiter.check_login("ak_owner", "2001:db8:1:2:ffff::1")  # the same /64
+    limiter.check_login("ak_owner", "2001:db8:1:3::1")
 
 
 async def test_oversized_headers_and_messages_are_refused(http, channel, accounts):

@@ -6,7 +6,9 @@ from decimal import Decimal
 
 import pytest
 
-from server.domain.money import Money
+from server.domain import admin
+from server.domain.clock import utc_now
+from server.domain.money import MAX_BALANCE_MINOR, Money, parse_rate
 
 
 @pytest.mark.parametrize(
@@ -39,3 +41,33 @@ def test_minor_units_round_trip():
     assert Money.from_minor(100050, "USD") == Money.parse("1000.5", "USD")
     assert str(Money.from_minor(0, "KWD").amount) == "0.000"
     assert str(Money.from_minor(1500, "JPY").amount) == "1500"
+
+
+#: Unicode digits (Arabic-Indic, Devanagari, fullwidth) that \d and Decimal read as
+#: numbers, and spellings that are not plain decimals.
+NOT_ASCII_DECIMALS = [
+    "\u0665", "\u0967\u0966", "\uff15", "5.\u0665\u0660", "0x10", "+5", " 5", "5 ", "5.", ".5",
+    "5_000", "Infinity",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", NOT_ASCII_DECIMALS)
+def test_only_ascii_decimal_digits_are_amounts_and_rates(text):
+    with pytest.raises(ValueError):
+        Money.parse(text, "USD")
+    with pytest.raises(ValueError):
+        parse_rate(text)
+
+
+def test_a_top_up_or_dataset_amount_past_the_maximum_balance_is_refused():
+    most = Money.from_minor(MAX_BALANCE_MINOR, "USD")
+    assert admin.parse_money(str(most.amount), "USD") == most
+    for amount in ("10000000000000.01", "90000000000000000"):
+        with pytest.raises(admin.InvalidInput, match="more than a balance may hold"):
+            admin.parse_money(amount, "USD")
+    with pytest.raises(admin.InvalidInput, match="more than a balance may hold"):
+        admin.parse_dataset(
+            {"accounts": [{"name": "x", "balances": {"JPY": str(MAX_BALANCE_MINOR + 1)}}]},
+            utc_now(),
+        )
+    assert MAX_BALANCE_MINOR * 2 < 2**63  # no sum of two balances overflows

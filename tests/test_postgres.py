@@ -50,10 +50,12 @@ async def proxy() -> AsyncIterator[TcpProxy]:
     await proxy.stop()
 
 
-async def open_replica_store(database: str, port: int = 5432) -> PostgresStore:
+async def open_replica_store(
+    database: str, port: int = 5432, timeout: float = STATEMENT_TIMEOUT
+) -> PostgresStore:
     """A store with a pool of its own, as another replica of the service has."""
     url = database.replace(":5432/", f":{port}/")
-    settings = PoolSettings(size=4, statement_timeout_seconds=STATEMENT_TIMEOUT)
+    settings = PoolSettings(size=4, statement_timeout_seconds=timeout)
     return await PostgresStore.open(url, CodeCipher(key_file(database)), settings)
 
 
@@ -260,11 +262,13 @@ async def _true(value: bool) -> bool:
 
 
 async def test_orders_racing_on_two_replicas_spend_each_unit_of_money_and_stock_once(
-    accounts, store, database
+    accounts, database
 ):
-    """100 orders at once through two pools, for 60 orders' worth of funds and 25 codes."""
+    """100 orders at once through two pools, for 60 orders' worth of funds and 25 codes.
+    Each call may take the default timeout: 50 calls share a pool of 4 connections."""
     acme = accounts["acme"]
-    other = await open_replica_store(database)
+    store = await open_replica_store(database, timeout=PoolSettings.statement_timeout_seconds)
+    other = await open_replica_store(database, timeout=PoolSettings.statement_timeout_seconds)
     try:
         price = Money.parse("950", "JPY")
         await store.top_up(acme.account_id, Money.parse(str(60 * 950), "JPY"), utc_now())
@@ -279,6 +283,7 @@ async def test_orders_racing_on_two_replicas_spend_each_unit_of_money_and_stock_
         )
         duplicates = await _same_number_on_both(services, caller)
     finally:
+        await store.close()
         await other.close()
 
     kinds = Counter(_kind(outcome) for outcome in outcomes)

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from server.domain.clock import utc_now
+from server.domain.ports import NewCode
+from tests.databases import one
+from tests.helpers import make_fulfiller
+
 ORDER = "CreateInstantOrder"
 
 
@@ -100,7 +105,7 @@ async def test_codes_of_a_completed_order(api, accounts):
     assert code["status"] == "COMPLETED"
     assert code["redeemCode"] == "STEAM-0001"
     assert code["pinCode"] == "0042"  # a string: the leading zero survives
-    assert isinstance(code["stockId"], int)
+    assert code["stockId"] == 1
 
 
 async def test_codes_of_a_processing_order_have_no_code_yet(api, accounts):
@@ -114,31 +119,49 @@ async def test_codes_of_a_processing_order_have_no_code_yet(api, accounts):
 
     (code,) = codes[0]["codes"]
     assert code["status"] == "PROCESSING"
-    assert isinstance(code["stockId"], int)
+    assert code["stockId"] == 1
     assert code.get("redeemCode") is None
     assert code.get("pinCode") is None
 
 
 async def test_codes_filter_by_sku_and_stock_ids(api, accounts):
     acme = accounts["acme"]
-    order = await place(api, acme)
-    tx = order["transactionId"]
-    (stock_id,) = [
-        c["stockId"]
-        for c in (await api.call("GetCodes", {"transactionId": tx}, acme)).expect_ok()[0]["codes"]
-    ]
+    await place(api, accounts["globex"])  # an order that holds a lower orders.id
+    tx = (await place(api, acme))["transactionId"]
 
     other_sku = await api.call("GetCodes", {"transactionId": tx, "sku": "TTR-WI-YWN"}, acme)
-    other_stock = await api.call(
-        "GetCodes", {"transactionId": tx, "stockIds": [stock_id + 1]}, acme
-    )
-    same_stock = await api.call(
-        "GetCodes", {"transactionId": tx, "stockIds": [stock_id, stock_id + 1]}, acme
-    )
+    other_stock = await api.call("GetCodes", {"transactionId": tx, "stockIds": [2]}, acme)
+    same_stock = await api.call("GetCodes", {"transactionId": tx, "stockIds": [1, 2]}, acme)
 
     assert other_sku.expect_ok() == []
     assert other_stock.expect_ok()[0]["codes"] == []
-    assert [c["stockId"] for c in same_stock.expect_ok()[0]["codes"]] == [stock_id]
+    assert [c["stockId"] for c in same_stock.expect_ok()[0]["codes"]] == [1]
+
+
+async def test_stock_ids_number_units_within_their_order_not_all_orders(
+    api, accounts, store, database
+):
+    """stockId 1 for each account's order, waiting or completed: never the global
+    order number, which would tell one customer how many orders the others place."""
+    acme, globex = accounts["acme"], accounts["globex"]
+    waiting = [
+        (await place(api, account, "TTR-WI-YWN", payWithCurrency="USD"))["transactionId"]
+        for account in (acme, globex, acme)  # the first takes the only code
+    ]
+    assert one(database, "SELECT max(id) FROM orders") == 3
+
+    async def stock_ids(account, tx):
+        reply = await api.call("GetCodes", {"transactionId": tx}, account)
+        return [(c["stockId"], c["status"]) for c in reply.expect_ok()[0]["codes"]]
+
+    owners = (acme, globex, acme)
+    before = [await stock_ids(account, tx) for account, tx in zip(owners, waiting, strict=True)]
+    await store.add_codes([NewCode("TTR-WI-YWN", f"PLAY-100{n}", None) for n in (1, 2)], utc_now())
+    assert await make_fulfiller(store).run_once() == 2
+    after = [await stock_ids(account, tx) for account, tx in zip(owners, waiting, strict=True)]
+
+    assert before == [[(1, "COMPLETED")], [(1, "PROCESSING")], [(1, "PROCESSING")]]
+    assert after == [[(1, "COMPLETED")]] * 3
 
 
 async def test_balances_and_currency_filter(api, accounts):

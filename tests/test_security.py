@@ -7,6 +7,7 @@ import json
 import os
 import sqlite3
 import stat
+import uuid
 from pathlib import Path
 
 import grpc
@@ -143,7 +144,7 @@ async def test_the_audit_trail_records_who_did_what_and_is_append_only(
 
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    events = [(line["event"], line["requestId"], line["transactionId"]) for line in lines]
+    events = [(line["event"], line["clientRequestId"], line["transactionId"]) for line in lines]
     assert events == [
         ("KEY_CREATED", None, None),
         ("ORDER_CREATED", "audit-req-1", tx),
@@ -151,6 +152,9 @@ async def test_the_audit_trail_records_who_did_what_and_is_append_only(
         ("CODES_REVEALED", "audit-req-2", tx),
         ("KEY_DISABLED", None, None),
     ]
+    # Ours beside the client's: one per request, made by the server.
+    ours = [line["requestId"] for line in lines[1:4]]
+    assert ours[0] == ours[1] != ours[2] and all(uuid.UUID(id_) for id_ in ours)
     assert all(line["apiKey"] == acme.api_key for line in lines)
     assert "STEAM" not in result.stdout  # the trail names orders, never codes
     later = admin(database, "audit", "--account", str(acme.account_id), "--since", "2999-01-01")
@@ -172,6 +176,7 @@ async def test_a_schema_2_database_has_its_codes_sealed_on_open(tmp_path):
             (CODE, PIN),
         )
         db.execute("PRAGMA user_version = 2")
+    os.chmod(database, 0o600)  # as the upgrade notes say (a database others may read is refused)
 
     store = await open_store(database)
     await store.close()

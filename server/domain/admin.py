@@ -11,7 +11,7 @@ from typing import Any
 
 from server.domain.auth import hash_secret, new_api_key, new_api_secret
 from server.domain.models import ExchangeRate, Product
-from server.domain.money import Money, is_currency, parse_rate
+from server.domain.money import MAX_BALANCE_MINOR, Money, is_currency, parse_rate
 from server.domain.ports import (
     AccountBalance,
     Dataset,
@@ -109,13 +109,8 @@ def parse_codes_csv(text: str, sku: str) -> list[NewCode]:
 
 
 def parse_money(amount: str, currency: str) -> Money:
-    try:
-        money = Money.parse(amount, currency)
-    except ValueError as error:
-        raise InvalidInput(str(error)) from None
-    if money.amount <= 0:
-        raise InvalidInput(f"{amount} is not a positive amount")
-    return money
+    """A top-up: a positive ASCII decimal within the maximum a balance may hold."""
+    return _money(amount, currency, "amount")
 
 
 def parse_exchange_rate(pair: str, rate: str, as_of: str | None, now: datetime) -> ExchangeRate:
@@ -252,6 +247,9 @@ def _money(amount: Any, currency: Any, where: str, *, allow_zero: bool = False) 
         raise InvalidInput(f"{where}: {error}") from None
     if money.amount < 0 or (money.amount == 0 and not allow_zero):
         raise InvalidInput(f"{where} must be positive")
+    if money.minor > MAX_BALANCE_MINOR:
+        limit = Money.from_minor(MAX_BALANCE_MINOR, money.currency)
+        raise InvalidInput(f"{where} {amount} is more than a balance may hold ({limit})")
     return money
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -59,6 +60,15 @@ def _scrypt(secret: str, salt: bytes) -> bytes:
 class IssuedToken:
     access_token: str
     expires_in: int
+
+
+def credentials_of(api_keys: Sequence[str], authorizations: Sequence[str]) -> tuple[str, str]:
+    """A call's API key and Authorization value: each given exactly once, or the call
+    is UNAUTHENTICATED. The REST gateway applies this rule itself too, to answer 401
+    without a call when it refuses a request that lacks them."""
+    if len(api_keys) != 1 or len(authorizations) != 1:
+        raise ApiError(Reason.UNAUTHENTICATED)
+    return api_keys[0], authorizations[0]
 
 
 #: How far ahead of this process's clock a token's `iat` (and `nbf`) may be. The

@@ -22,6 +22,7 @@ class Code(enum.Enum):
     """The canonical error codes of google.rpc.Code that this API uses."""
 
     INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
     NOT_FOUND = 5
     ALREADY_EXISTS = 6
     RESOURCE_EXHAUSTED = 8
@@ -89,7 +90,7 @@ class Reason(enum.Enum):
     RATE_LIMITED = ErrorSpec(
         Code.RESOURCE_EXHAUSTED,
         429,
-        "Too many {budget} for this API key. Retry after {retryAfterSeconds} s.",
+        "Too many {budget}. Retry after {retryAfterSeconds} s.",
     )
     UNAVAILABLE = ErrorSpec(Code.UNAVAILABLE, 503, "{detail}")
     OUTCOME_UNKNOWN = ErrorSpec(
@@ -106,6 +107,7 @@ class Reason(enum.Enum):
     NOT_FOUND = ErrorSpec(Code.NOT_FOUND, 404, "{detail}")
     METHOD_NOT_ALLOWED = ErrorSpec(Code.UNIMPLEMENTED, 405, "{detail}")
     PAYLOAD_TOO_LARGE = ErrorSpec(Code.RESOURCE_EXHAUSTED, 413, "{detail}")
+    REQUEST_TIMEOUT = ErrorSpec(Code.DEADLINE_EXCEEDED, 408, "{detail}")
     UNSUPPORTED_MEDIA_TYPE = ErrorSpec(Code.INVALID_ARGUMENT, 415, "{detail}")
     # The token endpoint's (RFC 6749 section 5.2).
     invalid_request = ErrorSpec(Code.INVALID_ARGUMENT, 400, "{detail}", oauth2=True)

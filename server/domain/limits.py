@@ -3,19 +3,29 @@
 Each process keeps its own buckets: with N replicas behind a load balancer a
 key gets up to N times the budget. Memory is bounded: the least recently
 used buckets are forgotten beyond `max_keys` (a forgotten bucket is full).
+Given SharedBuckets (PostgreSQL: server/store/rate_limits.py), the buckets of
+orders and reads are shared by every replica instead; while that store fails,
+each process falls back on its own buckets (fail open, with a warning).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
+import logging
 import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
+from server.domain.clients import limited_as
 from server.domain.errors import ApiError, Reason
+from server.domain.failures import StorageUnavailable
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,10 @@ class TokenBuckets:
         if wait:
             raise self.limited(wait)
 
+    async def spend(self, key: str) -> None:
+        """`take`, as shared buckets do it: they ask their store."""
+        self.take(key)
+
     def try_take(self, key: str) -> float:
         """Spends a token and returns 0, or returns the seconds until one is available."""
         if self.rate.unlimited:
@@ -105,6 +119,98 @@ class TokenBuckets:
             self._buckets.popitem(last=False)
 
 
+#: The longest a call waits for the shared buckets before it goes on without them.
+SHARED_TIMEOUT_SECONDS = 0.05
+#: After the shared buckets failed, calls use this process's own for this long
+#: before they ask them again: an outage costs no time per call.
+SHARED_RETRY_SECONDS = 1.0
+
+
+class SharedBuckets(Protocol):
+    """Token buckets that every replica shares, named by budget and key."""
+
+    async def take(self, budget: str, key: str, rate: Rate, count: int = 1) -> float:
+        """Spends `count` tokens (0: only looks) if one is there and returns 0, or returns
+        the seconds until one is. Raises StorageUnavailable when the store cannot answer."""
+        ...
+
+
+class FailingOpen:
+    """Asks the shared buckets within a bounded time; while they fail, answers None
+    (the caller uses its own buckets) and says so once per outage, not per call."""
+
+    def __init__(self, shared: SharedBuckets, clock: Callable[[], float] = time.monotonic):
+        self._shared = shared
+        self._clock = clock
+        self._retry_at = 0.0
+        self._failing_since: float | None = None
+        self._calls_without = 0
+
+    async def take(self, budget: str, key: str, rate: Rate, count: int = 1) -> float | None:
+        if self._failing_since is not None and self._clock() < self._retry_at:
+            self._calls_without += 1
+            return None
+        try:
+            async with asyncio.timeout(SHARED_TIMEOUT_SECONDS):
+                wait = await self._shared.take(budget, key, rate, count)
+        except (StorageUnavailable, TimeoutError) as error:
+            self._failed(error)
+            return None
+        if self._failing_since is not None and self._clock() >= self._retry_at:  # not a straggler
+            log.warning("rate limits: shared buckets answer again after %.1f s"
+                        " (%d calls limited per process meanwhile)",
+                        self._clock() - self._failing_since, self._calls_without)  # fmt: skip
+            self._failing_since = None
+        return wait
+
+    def _failed(self, error: Exception) -> None:
+        self._calls_without += 1
+        self._retry_at = self._clock() + SHARED_RETRY_SECONDS
+        if self._failing_since is None:
+            self._failing_since, self._calls_without = self._clock(), 1
+            why = str(error) or f"no answer within {SHARED_TIMEOUT_SECONDS:g} s"
+            log.warning("rate limits: shared buckets unavailable (%s): each process"
+                        " applies its own limits until they answer", why)  # fmt: skip
+
+
+class SharedTokenBuckets(TokenBuckets):
+    """Buckets that every replica shares through `shared`; this process's own stand
+    in while the shared store fails. A key the shared buckets refused is refused
+    here, without asking, until its next token is due: a flood costs no round trips."""
+
+    def __init__(
+        self,
+        name: str,
+        rate: Rate,
+        shared: FailingOpen,
+        clock: Callable[[], float] = time.monotonic,
+        shared_as: str = "",
+    ) -> None:
+        super().__init__(name, rate, clock)
+        self._shared = shared
+        self._shared_as = shared_as or name
+        self._refused_until: OrderedDict[str, float] = OrderedDict()
+
+    async def spend(self, key: str) -> None:
+        if self.rate.unlimited:
+            return
+        refused_for = self._refused_until.get(key, 0.0) - self._clock()
+        if refused_for > 0:
+            raise self.limited(refused_for)
+        wait = await self._shared.take(self._shared_as, key, self.rate)
+        if wait is None:  # failing open: this process's own bucket
+            self.take(key)
+        elif wait:
+            self._refuse(key, wait)
+            raise self.limited(wait)
+
+    def _refuse(self, key: str, wait: float) -> None:
+        self._refused_until[key] = self._clock() + wait
+        self._refused_until.move_to_end(key)
+        if len(self._refused_until) > self._max_keys:
+            self._refused_until.popitem(last=False)
+
+
 class Budget(enum.Enum):
     ORDERS = "orders"
     READS = "reads"
@@ -118,9 +224,12 @@ class Limits:
     reads: Rate = Rate(100, 200)
     #: Open WatchOrder streams per API key.
     streams_per_key: int = 10
-    #: Failed client-credential attempts, per API key and per client address.
-    failed_logins_per_key: Rate = Rate(0.1, 5)
+    #: Failed client-credential attempts, per API key and client address, and per
+    #: client address: never per key alone, or anyone could lock its owner out.
+    failed_logins_per_key_and_address: Rate = Rate(0.1, 5)
     failed_logins_per_address: Rate = Rate(0.5, 20)
+    #: Tokens issued per API key: each costs a scrypt (about 30 ms and 16 MiB).
+    token_requests: Rate = Rate(10 / 60, 20)
 
 
 DEFAULT_LIMITS = Limits()
@@ -129,31 +238,60 @@ DEFAULT_LIMITS = Limits()
 class Limiter:
     """The buckets of one process, for every kind of limit."""
 
-    def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        limits: Limits,
+        clock: Callable[[], float] = time.monotonic,
+        shared: SharedBuckets | None = None,
+    ) -> None:
         self.limits = limits
+        self._shared = FailingOpen(shared) if shared else None
         self._budgets = {
-            Budget.ORDERS: TokenBuckets("orders", limits.orders, clock),
-            Budget.READS: TokenBuckets("reads", limits.reads, clock),
+            Budget.ORDERS: self._shareable("orders", limits.orders, clock),
+            Budget.READS: self._shareable("reads", limits.reads, clock),
         }
-        self._failed_by_key = TokenBuckets("failed logins", limits.failed_logins_per_key, clock)
+        self._failed_by_key_and_address = TokenBuckets(
+            "failed logins", limits.failed_logins_per_key_and_address, clock
+        )
         self._failed_by_address = TokenBuckets(
             "failed logins", limits.failed_logins_per_address, clock
         )
+        self._tokens_issued = TokenBuckets("token requests", limits.token_requests, clock)
         self._open_streams: dict[str, int] = {}
 
-    def spend(self, api_key: str, budget: Budget) -> None:
-        self._budgets[budget].take(api_key)
+    async def spend(self, api_key: str, budget: Budget) -> None:
+        await self._budgets[budget].spend(api_key)
+
+    def _shareable(self, name: str, rate: Rate, clock: Callable[[], float]) -> TokenBuckets:
+        """Buckets shared by the replicas if there are shared buckets, else this process's."""
+        if self._shared is None:
+            return TokenBuckets(name, rate, clock)
+        return SharedTokenBuckets(name, rate, self._shared, clock)
 
     def check_login(self, api_key: str, address: str) -> None:
-        """Refuses a login attempt while the key or the address failed too often."""
-        for buckets, key in ((self._failed_by_key, api_key), (self._failed_by_address, address)):
+        """Refuses a token request before its secret is checked (no answer about the
+        secret, no scrypt) while the key failed too often from this address, the
+        address failed too often, or the key was issued too many tokens."""
+        for buckets, key in self._login_buckets(api_key, address):
             wait = buckets.exhausted(key)
             if wait:
                 raise buckets.limited(wait)
 
     def login_failed(self, api_key: str, address: str) -> None:
-        self._failed_by_key.try_take(api_key)
-        self._failed_by_address.try_take(address)
+        for buckets, key in self._login_buckets(api_key, address):
+            if buckets is not self._tokens_issued:  # a stranger's failure never counts there
+                buckets.try_take(key)
+
+    def token_issued(self, api_key: str) -> None:
+        self._tokens_issued.try_take(api_key)
+
+    def _login_buckets(self, api_key: str, address: str) -> list[tuple[TokenBuckets, str]]:
+        counted_as = limited_as(address)
+        return [
+            (self._failed_by_key_and_address, f"{counted_as}|{api_key}"),
+            (self._failed_by_address, counted_as),
+            (self._tokens_issued, api_key),
+        ]
 
     @contextlib.contextmanager
     def stream(self, api_key: str) -> Iterator[None]:

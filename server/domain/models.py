@@ -80,15 +80,21 @@ class DeliveredCode:
     pin_code: str | None
 
 
+#: The stockId of an order's first unit: units are numbered 1 to quantity within
+#: their order, so a stockId tells nothing of other customers' orders.
+FIRST_UNIT = 1
+
+
 @dataclass(frozen=True)
 class Order:
-    """An instant order: one unit of one product.
-
-    `stock_id` identifies the unit of stock the order was promised, from
+    """An instant order: one unit of one product, stockId FIRST_UNIT from
     PROCESSING to COMPLETED; `code` is set once it is fulfilled.
+
+    `id` is the store's number of the order, never shown to a client: it counts
+    every customer's orders.
     """
 
-    stock_id: int
+    id: int
     transaction_id: str
     client_order_number: str
     sku: str
@@ -137,11 +143,18 @@ class ApiCredentials:
 
 @dataclass(frozen=True)
 class Caller:
-    """The authenticated account behind a request, and the request's id (for the audit)."""
+    """The authenticated account behind a request, and the request's ids (for the
+    audit): ours, made by the server, and the one the caller sent, if any."""
 
     account_id: int
     api_key: str
     request_id: str = ""
+    client_request_id: str = ""
+
+    @property
+    def known_request_id(self) -> str:
+        """The id the caller knows the request by: its own, else ours."""
+        return self.client_request_id or self.request_id
 
 
 class LedgerKind(enum.Enum):
@@ -172,6 +185,7 @@ class AuditRecord:
     request_id: str | None = None
     transaction_id: str | None = None
     details: dict[str, str] = field(default_factory=dict)
+    client_request_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,13 @@ MINOR_UNIT_DIGITS: dict[str, int] = {
     for code in codes.split()
 }
 
-_DECIMAL_TEXT = re.compile(r"-?\d{1,18}(\.\d{1,18})?")
+#: ASCII digits only: \d would read any Unicode digit, U+0665 (Arabic-Indic five) as 5.
+_DECIMAL_TEXT = re.compile(r"-?[0-9]{1,18}(\.[0-9]{1,18})?")
+
+#: The most any balance may hold, in minor units of its currency: 10^15 (ten
+#: trillion USD, a quadrillion JPY). Far inside 64-bit integers (9.2 * 10^18),
+#: so no sum of two balances overflows; the schema CHECKs it too.
+MAX_BALANCE_MINOR = 10**15
 
 
 def is_currency(code: str) -> bool:

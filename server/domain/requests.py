@@ -15,10 +15,22 @@ REPLAYED_METADATA = "idempotent-replayed"
 
 
 def request_id_from(given: Sequence[str]) -> str:
-    """The client's own request id when it sent exactly one that is short printable
-    ASCII (X-Request-Id, or x-request-id metadata), else a new one."""
+    """The id the client knows its request by: its own when it sent exactly one that
+    is short printable ASCII (X-Request-Id, or x-request-id metadata), else a new one.
+    The gateway names its requests so, and passes the id on as the client's."""
+    return client_request_id_from(given) or new_request_id()
+
+
+def client_request_id_from(given: Sequence[str]) -> str:
+    """The client's id as given, if it is one short printable ASCII value; else ""."""
     if len(given) == 1 and _acceptable(given[0]):
         return given[0]
+    return ""
+
+
+def new_request_id() -> str:
+    """Our own id of a request: the server makes it, so no client can choose or
+    repeat it (a client's id is any text, and two accounts may send the same)."""
     return str(uuid.uuid4())
 
 

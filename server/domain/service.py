@@ -28,8 +28,9 @@ from server.domain.idempotency import (
     order_record,
     replay,
 )
-from server.domain.limits import DEFAULT_LIMITS, Limiter, Limits
+from server.domain.limits import DEFAULT_LIMITS, Limiter, Limits, SharedBuckets
 from server.domain.models import (
+    FIRST_UNIT,
     AuditEvent,
     AuditRecord,
     Caller,
@@ -65,6 +66,8 @@ PRODUCTS_PAGE = (1000, 1000)
 
 @dataclass(frozen=True)
 class CodeView:
+    """One unit of an order; `stock_id` numbers it within its order, from FIRST_UNIT."""
+
     stock_id: int
     status: OrderStatus
     redeem_code: str | None = None
@@ -96,13 +99,14 @@ class InstantOrdersService:
         clock: Callable[[], datetime] = utc_now,
         limits: Limits = DEFAULT_LIMITS,
         observer: Observer = UNOBSERVED,
+        shared_limits: SharedBuckets | None = None,
     ) -> None:
         self._store = store
         self._tokens = TokenSigner(signing_key, token_lifetime)
         self._clock = clock
         self._observer = observer
         self.updates = OrderUpdates(store)
-        self.limiter = Limiter(limits)
+        self.limiter = Limiter(limits, shared=shared_limits)
 
     # --- authentication -------------------------------------------------------------
 
@@ -110,7 +114,8 @@ class InstantOrdersService:
         self, grant_type: str, client_id: str, client_secret: str, client_address: str = ""
     ) -> IssuedToken:
         """A bearer token for valid client credentials. Failed attempts are limited per
-        key and per client address; every failure gets the same answer."""
+        key and client address and per client address, tokens issued per key; every
+        failure gets the same answer."""
         if not grant_type:
             raise ApiError(Reason.invalid_request, detail="grant_type is required.")
         if grant_type != "client_credentials":
@@ -128,15 +133,19 @@ class InstantOrdersService:
         if credentials is None or not matches or not credentials.active:
             self.limiter.login_failed(client_id, client_address)
             raise ApiError(Reason.invalid_client)
+        self.limiter.token_issued(client_id)
         return self._tokens.issue(Caller(credentials.account_id, client_id), self._clock())
 
-    async def authenticate(self, api_key: str, authorization: str, request_id: str) -> Caller:
+    async def authenticate(
+        self, api_key: str, authorization: str, request_id: str, client_request_id: str = ""
+    ) -> Caller:
         """The caller, if the token is valid for the key and the key is still enabled:
-        disabling a key rejects its tokens at once, in every process."""
+        disabling a key rejects its tokens at once, in every process. `request_id` is
+        ours; `client_request_id` the one the caller sent, recorded beside it."""
         caller = self._tokens.verify(api_key, authorization, self._clock())
         if not await self._store.api_key_active(caller.api_key, caller.account_id):
             raise ApiError(Reason.UNAUTHENTICATED)
-        return Caller(caller.account_id, caller.api_key, request_id)
+        return Caller(caller.account_id, caller.api_key, request_id, client_request_id)
 
     # --- orders ---------------------------------------------------------------------
 
@@ -149,7 +158,7 @@ class InstantOrdersService:
         # answer UNSUPPORTED_CURRENCY for one that is not ISO 4217.
         check_text("payWithCurrency", request.pay_with_currency, MAX_CURRENCY_LENGTH)
         key = key_for(
-            idempotency_key, caller.request_id, partial(order_record, request),
+            idempotency_key, caller.known_request_id, partial(order_record, request),
             "CreateInstantOrder", **dataclasses.asdict(request),
         )  # fmt: skip
         order = NewOrder(caller, request, new_transaction_id(), self._clock())
@@ -173,7 +182,7 @@ class InstantOrdersService:
         """Cancels and refunds an order still waiting for stock; its watchers hear it."""
         check_text("transactionId", transaction_id, MAX_TRANSACTION_ID_LENGTH, required=True)
         key = key_for(
-            idempotency_key, caller.request_id, cancellation_record,
+            idempotency_key, caller.known_request_id, cancellation_record,
             "CancelOrder", transactionId=transaction_id,
         )  # fmt: skip
         outcome = await self._store.cancel_order(
@@ -257,6 +266,7 @@ class InstantOrdersService:
                     caller.request_id,
                     transaction_id,
                     {"stockIds": ",".join(str(code.stock_id) for code in codes)},
+                    caller.client_request_id,
                 )
             )
         return [ProductCodes(sku=order.sku, quantity=order.quantity, codes=codes)]
@@ -298,8 +308,8 @@ def codes_of(order: Order) -> list[CodeView]:
     if order.status is OrderStatus.CANCELLED:
         return []
     if order.code is None:
-        return [CodeView(order.stock_id, OrderStatus.PROCESSING)]
-    return [CodeView(order.stock_id, order.status, order.code.redeem_code, order.code.pin_code)]
+        return [CodeView(FIRST_UNIT, OrderStatus.PROCESSING)]
+    return [CodeView(FIRST_UNIT, order.status, order.code.redeem_code, order.code.pin_code)]
 
 
 def matches(code: CodeView, codes_filter: CodesFilter) -> bool:

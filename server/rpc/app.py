@@ -25,7 +25,12 @@ from server import tracing
 from server.domain.limits import Budget
 from server.domain.service import InstantOrdersService
 from server.rpc import servicers
-from server.rpc.interceptors import AuthInterceptor, ErrorInterceptor
+from server.rpc.interceptors import (
+    PEERS_ONLY,
+    AuthInterceptor,
+    ClientAddresses,
+    ErrorInterceptor,
+)
 
 #: Every request of this API is small; refuse large ones before parsing them.
 MAX_MESSAGE_BYTES = 16 * 1024
@@ -49,6 +54,8 @@ _SERVICES = (
      servicers.ExchangeRatesServicer),
     (auth_pb2, "AuthService", auth_pb2_grpc.add_AuthServiceServicer_to_server,
      servicers.AuthServicer),
+    (auth_pb2, "CredentialsService",
+     auth_pb2_grpc.add_CredentialsServiceServicer_to_server, servicers.CredentialsServicer),
 )  # fmt: skip
 SERVICE_NAMES = [
     module.DESCRIPTOR.services_by_name[name].full_name for module, name, *_ in _SERVICES
@@ -91,8 +98,15 @@ class RunningServer:
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-async def start_server(service: InstantOrdersService, listen: str) -> RunningServer:
-    """Starts serving on `listen` ("host:port"; port 0 picks a free one)."""
+async def start_server(
+    service: InstantOrdersService,
+    listen: str,
+    client_addresses: ClientAddresses = PEERS_ONLY,
+    credentials: grpc.ServerCredentials | None = None,
+) -> RunningServer:
+    """Starts serving on `listen` ("host:port"; port 0 picks a free one); callers'
+    addresses are found as `client_addresses` says (by default: their peers). With
+    `credentials` the port serves TLS only (server/tls.py); without, plaintext."""
     server = grpc.aio.server(
         interceptors=[
             *tracing.server_interceptors(),
@@ -102,14 +116,21 @@ async def start_server(service: InstantOrdersService, listen: str) -> RunningSer
         options=SERVER_OPTIONS,
     )
     for _, _, register, servicer in _SERVICES:
-        register(servicer(service), server)
+        if servicer is servicers.AuthServicer:
+            register(servicers.AuthServicer(service, client_addresses), server)
+        else:
+            register(servicer(service), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     try:
-        port = server.add_insecure_port(listen)
+        port = (
+            server.add_secure_port(listen, credentials)
+            if credentials is not None
+            else server.add_insecure_port(listen)
+        )
     except RuntimeError as error:  # grpc's way of saying the address is taken or invalid
         raise OSError(f"cannot listen for gRPC on {listen}: {error}") from None
     await server.start()

@@ -10,9 +10,12 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import hmac
 import logging
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import grpc
@@ -22,13 +25,26 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from server import metrics
+from server.domain.auth import credentials_of
+from server.domain.clients import (
+    FORWARDED_FOR_METADATA,
+    FORWARDED_METADATA,
+    IN_PROCESS_GATEWAY_METADATA,
+    NO_PROXIES,
+    TrustedProxies,
+)
 from server.domain.errors import ApiError, Reason, api_error_of, invalid_request
 from server.domain.failures import StorageFailing
 from server.domain.idempotency import REPLAYED_FROM
 from server.domain.limits import Budget
 from server.domain.models import Caller
-from server.domain.requests import REPLAYED_METADATA, REQUEST_ID_METADATA, request_id_from
-from server.logs import REQUEST_ID
+from server.domain.requests import (
+    REPLAYED_METADATA,
+    REQUEST_ID_METADATA,
+    client_request_id_from,
+    new_request_id,
+)
+from server.logs import CLIENT_REQUEST_ID, REQUEST_ID
 
 #: ErrorInfo.domain of every error this service raises.
 ERROR_DOMAIN = "instantorders.v2"
@@ -102,7 +118,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             kind = "unary" if handler.unary_unary is not None else "server_stream"
             series = self._metrics[method] = metrics.RpcMethod(kind, service, name)
         given = _values(handler_call_details.invocation_metadata, REQUEST_ID_METADATA)
-        guard = functools.partial(_Guarded, request_id_from(given), series)
+        guard = functools.partial(_Guarded, client_request_id_from(given), series)
         return _wrap(_refusing_undecodable(handler), guard)
 
 
@@ -112,8 +128,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(
         self,
-        authenticate: Callable[[str, str, str], Awaitable[Caller]],
-        spend: Callable[[str, Budget], None],
+        authenticate: Callable[[str, str, str, str], Awaitable[Caller]],
+        spend: Callable[[str, Budget], Awaitable[None]],
         budgets: dict[str, Budget],
         public_methods: set[str],
     ):
@@ -152,8 +168,8 @@ class _Authenticated:
 
     def __init__(
         self,
-        authenticate: Callable[[str, str, str], Awaitable[Caller]],
-        spend: Callable[[str, Budget], None],
+        authenticate: Callable[[str, str, str, str], Awaitable[Caller]],
+        spend: Callable[[str, Budget], Awaitable[None]],
         metadata: Sequence[tuple[str, str | bytes]] | None,
         budget: Budget,
     ) -> None:
@@ -161,12 +177,13 @@ class _Authenticated:
         self._metadata, self._budget = metadata, budget
 
     async def __aenter__(self) -> None:
-        api_keys = _values(self._metadata, "x-api-key")
-        authorizations = _values(self._metadata, "authorization")
-        if len(api_keys) != 1 or len(authorizations) != 1:
-            raise ApiError(Reason.UNAUTHENTICATED)
-        caller = await self._authenticate(api_keys[0], authorizations[0], REQUEST_ID.get())
-        self._spend(caller.api_key, self._budget)
+        api_key, authorization = credentials_of(
+            _values(self._metadata, "x-api-key"), _values(self._metadata, "authorization")
+        )
+        caller = await self._authenticate(
+            api_key, authorization, REQUEST_ID.get(), CLIENT_REQUEST_ID.get()
+        )
+        await self._spend(caller.api_key, self._budget)
         _CALLER.set(caller)
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -174,16 +191,17 @@ class _Authenticated:
 
 
 class _Guarded:
-    """Around a call: names it with its request id, counts and times it, and answers
-    every failure with a status. The reason only is logged: messages may quote
-    what the client sent."""
+    """Around a call: names it with a request id of ours (beside the client's own),
+    counts and times it, and answers every failure with a status. The reason only is
+    logged: messages may quote what the client sent."""
 
-    def __init__(self, request_id: str, series: metrics.RpcMethod, context: Context) -> None:
-        self._request_id, self._series, self._context = request_id, series, context
+    def __init__(self, client_request_id: str, series: metrics.RpcMethod, context: Context) -> None:
+        self._client_request_id, self._series, self._context = client_request_id, series, context
         self._started = 0.0
 
     async def __aenter__(self) -> None:
-        REQUEST_ID.set(self._request_id)
+        REQUEST_ID.set(new_request_id())
+        CLIENT_REQUEST_ID.set(self._client_request_id)
         REPLAYED_FROM.set(None)
         self._series.started()
         self._started = time.perf_counter()
@@ -287,13 +305,37 @@ def _values(metadata: Sequence[tuple[str, str | bytes]] | None, key: str) -> lis
     return [value for k, value in metadata or () if k == key and isinstance(value, str)]
 
 
-def client_address(context: Context) -> str:
-    """The caller's IP address. Behind our gateway (a loopback peer) it is the
-    address the gateway forwards in x-forwarded-for; a remote peer cannot set it."""
-    peer = context.peer() or ""
-    host = peer.partition(":")[2].rpartition(":")[0].strip("[]")  # "ipv4:1.2.3.4:5678"
-    if host in ("127.0.0.1", "::1"):
-        forwarded = _values(context.invocation_metadata(), "x-forwarded-for")
-        if len(forwarded) == 1 and 0 < len(forwarded[0]) <= 64:
-            return forwarded[0]
-    return host
+@dataclass(frozen=True)
+class ClientAddresses:
+    """How the server finds a caller's address: its peer's, or the one named in
+    x-forwarded-for or forwarded metadata by a trusted proxy. Our gateway is one
+    when its address is in `proxies`, or when it runs in this process (`serve`)
+    and sends `in_process_token`: not every local process on loopback is."""
+
+    proxies: TrustedProxies = NO_PROXIES
+    in_process_token: str = ""
+
+    def of(self, context: Context) -> str:
+        metadata = context.invocation_metadata()
+        return self.proxies.client_address(
+            peer_host(context.peer() or ""),
+            _values(metadata, FORWARDED_FOR_METADATA),
+            _values(metadata, FORWARDED_METADATA),
+            peer_trusted=self._from_in_process_gateway(metadata),
+        )
+
+    def _from_in_process_gateway(self, metadata: Sequence[tuple[str, str | bytes]]) -> bool:
+        tokens = _values(metadata, IN_PROCESS_GATEWAY_METADATA)
+        return bool(self.in_process_token) and any(
+            hmac.compare_digest(token.encode(), self.in_process_token.encode()) for token in tokens
+        )
+
+
+#: Every peer is its own client.
+PEERS_ONLY = ClientAddresses()
+
+
+def peer_host(peer: str) -> str:
+    """The host of a gRPC peer: "ipv4:1.2.3.4:5678", "ipv6:[::1]:5678" (or %5B::1%5D)."""
+    address = urllib.parse.unquote(peer.partition(":")[2])
+    return address.rpartition(":")[0].strip("[]") if address.count(":") else address

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
+from google.protobuf import empty_pb2
 from instantorders.v2 import (
     auth_pb2,
     auth_pb2_grpc,
@@ -20,7 +21,7 @@ from instantorders.v2 import (
 
 from server.domain.service import InstantOrdersService
 from server.rpc import converters
-from server.rpc.interceptors import client_address, current_caller
+from server.rpc.interceptors import PEERS_ONLY, ClientAddresses, current_caller
 
 #: grpc.aio.ServicerContext; grpcio ships no types.
 Context: TypeAlias = Any
@@ -110,17 +111,37 @@ class ExchangeRatesServicer(exchange_rates_pb2_grpc.ExchangeRatesServiceServicer
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
-    def __init__(self, service: InstantOrdersService) -> None:
+    def __init__(
+        self, service: InstantOrdersService, client_addresses: ClientAddresses = PEERS_ONLY
+    ) -> None:
         self._service = service
+        self._client_addresses = client_addresses
 
     async def IssueToken(
         self, request: auth_pb2.IssueTokenRequest, context: Context
     ) -> auth_pb2.IssueTokenResponse:
         token = await self._service.issue_token(
-            request.grant_type, request.client_id, request.client_secret, client_address(context)
+            request.grant_type,
+            request.client_id,
+            request.client_secret,
+            self._client_addresses.of(context),
         )
         return auth_pb2.IssueTokenResponse(
             access_token=token.access_token,
             token_type="Bearer",  # noqa: S106 - the token type, not a secret
             expires_in=token.expires_in,
         )
+
+
+class CredentialsServicer(auth_pb2_grpc.CredentialsServiceServicer):
+    """The REST gateway's check of a request's credentials, before it refuses the
+    request itself. The AuthInterceptor has authenticated the call (the domain's
+    rule) and spent its budget by the time it gets here: reaching it means valid."""
+
+    def __init__(self, service: InstantOrdersService) -> None:
+        self._service = service
+
+    async def VerifyCredentials(
+        self, request: empty_pb2.Empty, context: Context
+    ) -> empty_pb2.Empty:
+        return empty_pb2.Empty()

@@ -167,8 +167,8 @@ class SqlStore(ABC):
         return set(await self._query(sql.SKUS_IN_STOCK.column(skus=list(skus))))
 
     async def complete_from_stock(self, orders: Sequence[Order], now: datetime) -> list[str]:
-        stock_ids = [order.stock_id for order in orders]
-        return await self._write(transactions.complete_from_stock, stock_ids, now)
+        order_ids = [order.id for order in orders]
+        return await self._write(transactions.complete_from_stock, order_ids, now)
 
     async def cancel_overdue(
         self, created_before: datetime, now: datetime, limit: int

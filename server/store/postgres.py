@@ -66,6 +66,7 @@ from server.store.rows import (
     remembered_from_row,
 )
 from server.store.schema import LEGACY_VERSIONS, ROUTINES, SCHEMA_VERSION, migrate
+from server.store.sealing import check_key_file
 from server.store.sql import Dialect, Query, Returns, Rollback, Statement, Unit, advance
 from server.store.transactions import Decide, as_placed, one, order_params
 
@@ -289,6 +290,7 @@ class PostgresStore(SqlStore):
             dup_check=order.request.dup_check,
             api_key=order.caller.api_key,
             request_id=order.caller.request_id or None,
+            client_request_id=order.caller.client_request_id or None,
             idempotency_key=None if key is None else key.key,
             fingerprint=None if key is None else key.fingerprint,
         )
@@ -311,7 +313,7 @@ class PostgresStore(SqlStore):
             )
             code = sealed.opened(self._cipher)
         status = OrderStatus(placed["order_status"])
-        return Placed(as_placed(order, plan, placed["stock_id"], status, code))
+        return Placed(as_placed(order, plan, placed["new_order_id"], status, code))
 
 
 def _unprefixed(row: Any, prefix: str) -> dict[str, Any]:
@@ -420,6 +422,7 @@ async def _migrate(db: Connection, cipher: CodeCipher) -> int:
         if found > SCHEMA_VERSION:
             raise SchemaTooNew(found, SCHEMA_VERSION)
         await run(db, migrate(Dialect.POSTGRES, found, cipher))
+        await run(db, check_key_file(cipher))  # refused: the migration rolls back too
         if stored != SCHEMA_VERSION:
             await db.execute("DELETE FROM schema_version")
             await db.execute("INSERT INTO schema_version VALUES ($1)", SCHEMA_VERSION)

@@ -55,7 +55,7 @@ def order_from_row(row: Row, cipher: CodeCipher) -> Order:
     fx_rate = row["fx_rate"]
     code_id = row["code_id"]
     return Order(
-        stock_id=row["id"],
+        id=row["id"],
         transaction_id=row["transaction_id"],
         client_order_number=row["client_order_number"],
         sku=row["sku"],
@@ -179,6 +179,7 @@ def audit_from_row(row: Row) -> AuditRecord:
         request_id=row["request_id"],
         transaction_id=row["transaction_id"],
         details=json.loads(row["details"]),
+        client_request_id=row["client_request_id"],
     )
 
 
@@ -189,6 +190,7 @@ def audit_params(record: AuditRecord) -> dict[str, Any]:
         "account_id": record.account_id,
         "api_key": record.api_key,
         "request_id": record.request_id or None,
+        "client_request_id": record.client_request_id or None,
         "transaction_id": record.transaction_id,
         "details": json.dumps(record.details),
     }

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from server.domain.models import AuditEvent, LedgerKind, OrderStatus
+from server.domain.models import FIRST_UNIT, AuditEvent, LedgerKind, OrderStatus
 from server.keys import CodeCipher
 from server.store import statements as sql
 from server.store.rows import Row
@@ -258,6 +258,36 @@ CREATE TABLE idempotency_keys (
 CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at_us);
 """
 
+_CLIENT_REQUEST_IDS = """
+-- audit.request_id is the server's own id of the request; this, beside it, is
+-- the id the caller sent (X-Request-Id or x-request-id), as given: any account
+-- can send any id, so it identifies nothing by itself.
+ALTER TABLE audit ADD COLUMN client_request_id TEXT;
+"""
+
+#: No balance passes 10^15 minor units (money.MAX_BALANCE_MINOR, written out:
+#: a released step never changes), far inside 64-bit integers, so no sum of two
+#: balances overflows. SQLite cannot add a CHECK to a table: it is rebuilt.
+_MAX_BALANCE = Statement.differing(
+    sqlite="""
+CREATE TABLE balances_bounded (
+    account_id   INTEGER NOT NULL REFERENCES accounts(id),
+    currency     TEXT NOT NULL,
+    amount_minor INTEGER NOT NULL
+                 CHECK (amount_minor >= 0 AND amount_minor <= 1000000000000000),
+    PRIMARY KEY (account_id, currency)
+) WITHOUT ROWID;
+INSERT INTO balances_bounded (account_id, currency, amount_minor)
+SELECT account_id, currency, amount_minor FROM balances;
+DROP TABLE balances;
+ALTER TABLE balances_bounded RENAME TO balances;
+""",
+    postgres="""
+ALTER TABLE balances ADD CONSTRAINT balances_at_most_max
+    CHECK (amount_minor <= 1000000000000000);
+""",
+)
+
 #: A step's pieces: DDL (with fragments), DDL per dialect, or a transaction.
 Piece = str | Statement | Callable[[CodeCipher], Unit[None]]
 MIGRATIONS: tuple[tuple[Piece, ...], ...] = (
@@ -267,6 +297,7 @@ MIGRATIONS: tuple[tuple[Piece, ...], ...] = (
     (_seal_codes,),
     (_CLIENT_ORDER_NUMBERS,),
     (_IDEMPOTENCY_KEYS,),
+    (_CLIENT_REQUEST_IDS, _MAX_BALANCE),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 #: PostgreSQL versions stored by an earlier numbering, and what they mean here.
@@ -335,18 +366,19 @@ def _place_instant_order() -> str:
     completed = plpgsql(
         sql.INSERT_AUDIT,
         event=_literal(AuditEvent.ORDER_COMPLETED.value),
-        details="json_build_object('stockId', v_stock_id::text)::text",
+        details=f"json_build_object('stockId', {_literal(str(FIRST_UNIT))})::text",
     )
     ledger = plpgsql(
         sql.INSERT_LEDGER,
         currency="p_pay_currency",
         amount_minor="-p_unit_price_minor",
         kind=_literal(LedgerKind.ORDER.value),
-        order_id="v_stock_id",
+        order_id="v_order_id",
     )
     remember = plpgsql(
         sql.REMEMBER_KEY,
-        request_id="coalesce(p_request_id, '')",
+        # The id the client knows the request by (Caller.known_request_id).
+        request_id="coalesce(p_client_request_id, p_request_id, '')",
         transaction_id="p_transaction_id",
         status="v_status",
         refusal="NULL",
@@ -358,11 +390,11 @@ CREATE FUNCTION place_instant_order(
     p_dup_check boolean, p_sku text, p_pay_currency text, p_unit_price_minor bigint,
     p_original_currency text, p_unit_price_original_minor bigint, p_fx_rate text,
     p_fx_as_of text, p_at bigint, p_api_key text, p_request_id text,
-    p_idempotency_key text, p_fingerprint text,
+    p_client_request_id text, p_idempotency_key text, p_fingerprint text,
     OUT key_state text, OUT remembered_fingerprint text, OUT remembered_request_id text,
     OUT remembered_transaction_id text, OUT remembered_status text,
     OUT remembered_refusal text,
-    OUT duplicate_of text, OUT stock_id bigint, OUT order_status text, OUT code_id bigint,
+    OUT duplicate_of text, OUT new_order_id bigint, OUT order_status text, OUT code_id bigint,
     OUT code_key_id bigint, OUT code_redeem bytea, OUT code_pin bytea)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
@@ -371,7 +403,7 @@ DECLARE
     v_key_free boolean;
     v_claimed text;
     v_status text;
-    v_stock_id bigint;
+    v_order_id bigint;
 BEGIN
     IF p_idempotency_key IS NOT NULL THEN
         {plpgsql(sql.LOCK_KEY)} INTO v_key_free;
@@ -401,17 +433,17 @@ BEGIN
         INTO code_id, code_key_id, code_redeem, code_pin;
     v_status := CASE WHEN code_id IS NULL THEN {_literal(processing)}
                      ELSE {_literal(completed_status)} END;
-    {plpgsql(sql.INSERT_ORDER, status="v_status")} INTO v_stock_id;
+    {plpgsql(sql.INSERT_ORDER, status="v_status")} INTO v_order_id;
     {ledger};
     {created};
     IF code_id IS NOT NULL THEN
-        {plpgsql(sql.SELL_CODE, order_id="v_stock_id", code_id="code_id")};
+        {plpgsql(sql.SELL_CODE, order_id="v_order_id", code_id="code_id")};
         {completed};
     END IF;
     IF p_idempotency_key IS NOT NULL THEN
         {remember};
     END IF;
-    stock_id := v_stock_id;
+    new_order_id := v_order_id;
     order_status := v_status;
 END $$;
 """

@@ -31,6 +31,7 @@ from server.store.base import SqlStore
 from server.store.batches import Batcher, in_thread, read_batch, write_batch
 from server.store.common import RestockSignal, SchemaTooNew
 from server.store.schema import SCHEMA_VERSION, migrate
+from server.store.sealing import check_key_file
 from server.store.sql import Dialect, Query, Returns, Rollback, Unit, advance
 from server.store.storage_faults import StorageHealth, touch
 
@@ -59,8 +60,10 @@ class SqliteStore(SqlStore):
     @classmethod
     async def open(cls, path: str | Path, cipher: CodeCipher) -> SqliteStore:
         """Opens (creating or migrating) the database; codes are sealed with `cipher`."""
+        _create_private(Path(path))
         writer = await _connect(path)
         try:
+            _refuse_readable_by_others(Path(path))  # once SQLite knows it for a database
             found_version = await in_thread(writer, lambda db: _migrate(db, cipher))
             if found_version < SCHEMA_VERSION:
                 # Copy the migrated pages into the database file at once, so no
@@ -186,6 +189,30 @@ async def _close(connection: aiosqlite.Connection) -> None:
             await asyncio.to_thread(thread.join)
 
 
+def _create_private(path: Path) -> None:
+    """Creates a missing database file with mode 0600, whatever the umask; SQLite gives
+    its -wal and -shm files the database file's mode."""
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:
+        return  # it exists; or it cannot be made, and SQLite says why in its own words
+    os.fchmod(descriptor, 0o600)  # a umask such as 0277 would leave it unwritable
+    os.close(descriptor)
+
+
+#: The database's files: it holds key hashes, balances, orders and sealed codes.
+_DATABASE_FILES = ("", "-wal", "-shm")
+
+
+def _refuse_readable_by_others(path: Path) -> None:
+    """The key file's rule (keys.py): a file others may read or write is refused."""
+    for suffix in _DATABASE_FILES:
+        name = Path(f"{path}{suffix}")
+        with contextlib.suppress(FileNotFoundError):
+            if name.stat().st_mode & 0o077:
+                raise PermissionError(f"{name} is readable by others: chmod 600 {path}*")
+
+
 def _configure(db: sqlite3.Connection) -> None:
     db.row_factory = sqlite3.Row  # rows read by column name, as asyncpg's
     db.execute("PRAGMA journal_mode = WAL")
@@ -203,6 +230,7 @@ def _migrate(db: sqlite3.Connection, cipher: CodeCipher) -> int:
         if found > SCHEMA_VERSION:
             raise SchemaTooNew(found, SCHEMA_VERSION)
         run(db, migrate(Dialect.SQLITE, found, cipher))
+        run(db, check_key_file(cipher))  # refused: the migration rolls back too
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except BaseException:
         if db.in_transaction:  # a full disk may have rolled it back already

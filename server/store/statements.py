@@ -109,7 +109,7 @@ PLACE_INSTANT_ORDER = Statement(
     "SELECT * FROM place_instant_order(:transaction_id, :account_id, :client_order_number,"
     " :dup_check, :sku, :pay_currency, :unit_price_minor, :original_currency,"
     " :unit_price_original_minor, :fx_rate, :fx_as_of, :at, :api_key, :request_id,"
-    " :idempotency_key, :fingerprint)"
+    " :client_request_id, :idempotency_key, :fingerprint)"
 )
 
 # --- idempotency keys --------------------------------------------------------------
@@ -178,12 +178,14 @@ FINISHED_AMONG = Statement(
 
 # --- money -------------------------------------------------------------------------
 
-#: Adds to a balance (creating it); returns the new balance.
+#: Adds to a balance (creating it); returns the new balance, or no row when
+#: the sum would pass :max_minor (the schema's CHECK is the backstop).
 CREDIT = Statement(
     "INSERT INTO balances (account_id, currency, amount_minor)"
     " VALUES (:account_id, :currency, :amount_minor)"
     " ON CONFLICT (account_id, currency) DO UPDATE"
     " SET amount_minor = balances.amount_minor + excluded.amount_minor"
+    " WHERE balances.amount_minor + excluded.amount_minor <= :max_minor"
     " RETURNING amount_minor"
 )
 INSERT_LEDGER = Statement(
@@ -215,13 +217,15 @@ API_KEY_ACTIVE = Statement(
     "SELECT 1 FROM api_keys WHERE api_key = :api_key AND account_id = :account_id"
     " AND disabled_at_us IS NULL"
 )
+#: request_id is ours; client_request_id the caller's, as given (anyone can repeat it).
 INSERT_AUDIT = Statement(
-    "INSERT INTO audit (at_us, event, account_id, api_key, request_id, transaction_id, details)"
-    " VALUES (:at, :event, :account_id, :api_key, :request_id, :transaction_id, :details)"
+    "INSERT INTO audit (at_us, event, account_id, api_key, request_id, client_request_id,"
+    " transaction_id, details) VALUES (:at, :event, :account_id, :api_key, :request_id,"
+    " :client_request_id, :transaction_id, :details)"
 )
 AUDIT_TRAIL = Statement(
-    "SELECT at_us, event, account_id, api_key, request_id, transaction_id, details FROM audit"
-    " WHERE account_id = :account_id AND at_us >= :since ORDER BY id"
+    "SELECT at_us, event, account_id, api_key, request_id, client_request_id, transaction_id,"
+    " details FROM audit WHERE account_id = :account_id AND at_us >= :since ORDER BY id"
 )
 
 # --- operations --------------------------------------------------------------------
@@ -302,6 +306,12 @@ CODES_TO_RESEAL = Statement(
 RESEAL_CODE = Statement(
     "UPDATE codes SET redeem_code = :redeem_code, pin_code = :pin_code, key_id = :key_id"
     " WHERE id = :id"
+)
+#: The first code sealed with each data key: what opening checks the key file with
+#: (one scan of the codes, at start only).
+ONE_CODE_PER_KEY = Statement(
+    "SELECT id, sku, fingerprint, key_id, redeem_code FROM codes"
+    " WHERE id IN (SELECT min(id) FROM codes GROUP BY key_id)"
 )
 
 

@@ -23,6 +23,7 @@ from server.domain.clock import micros
 from server.domain.failures import DataConflict
 from server.domain.idempotency import IdempotencyKey, KeyInUse, KeyRecord, Remembered
 from server.domain.models import (
+    FIRST_UNIT,
     AuditEvent,
     AuditRecord,
     Caller,
@@ -32,7 +33,7 @@ from server.domain.models import (
     Order,
     OrderStatus,
 )
-from server.domain.money import Money
+from server.domain.money import MAX_BALANCE_MINOR, Money
 from server.domain.orders import (
     BalanceSpent,
     Cancellation,
@@ -145,19 +146,19 @@ def apply_order_plan(
         raise Rollback(BalanceSpent(price))
     code_row = yield sql.CODE_FOR_NEW_ORDER.row(sku=request.sku)
     status = OrderStatus.PROCESSING if code_row is None else OrderStatus.COMPLETED
-    stock_id = yield sql.INSERT_ORDER.value(**order_params(new_order, plan, status))
+    order_id = yield sql.INSERT_ORDER.value(**order_params(new_order, plan, status))
     at = micros(new_order.at)
-    yield from ledger(new_order.caller.account_id, -price, LedgerKind.ORDER, stock_id, at)
+    yield from ledger(new_order.caller.account_id, -price, LedgerKind.ORDER, order_id, at)
     yield from audit_order(
         new_order, AuditEvent.ORDER_CREATED, sku=request.sku, status=status.value
     )
     code = None
     if code_row is not None:
         sealed = SealedCode.from_row(code_row)
-        yield sql.SELL_CODE.run(order_id=stock_id, code_id=sealed.id)
-        yield from audit_order(new_order, AuditEvent.ORDER_COMPLETED, stockId=str(stock_id))
+        yield sql.SELL_CODE.run(order_id=order_id, code_id=sealed.id)
+        yield from audit_order(new_order, AuditEvent.ORDER_COMPLETED, stockId=str(FIRST_UNIT))
         code = sealed.opened(cipher)
-    return Placed(as_placed(new_order, plan, stock_id, status, code))
+    return Placed(as_placed(new_order, plan, order_id, status, code))
 
 
 def order_params(new_order: NewOrder, plan: OrderPlan, status: OrderStatus) -> dict[str, Any]:
@@ -189,6 +190,7 @@ def audit_order(new_order: NewOrder, event: AuditEvent, **details: str) -> Unit[
         account_id=caller.account_id,
         api_key=caller.api_key,
         request_id=caller.request_id or None,
+        client_request_id=caller.client_request_id or None,
         transaction_id=new_order.transaction_id,
         details=json.dumps(details),
     )
@@ -197,13 +199,13 @@ def audit_order(new_order: NewOrder, event: AuditEvent, **details: str) -> Unit[
 def as_placed(
     new_order: NewOrder,
     plan: OrderPlan,
-    stock_id: int,
+    order_id: int,
     status: OrderStatus,
     code: DeliveredCode | None,
 ) -> Order:
     """The order just placed, as its client gets it back."""
     return Order(
-        stock_id=stock_id,
+        id=order_id,
         transaction_id=new_order.transaction_id,
         client_order_number=new_order.request.client_order_number,
         sku=new_order.request.sku,
@@ -244,11 +246,11 @@ def waiting_orders(skus: Collection[str], limit: int, cipher: CodeCipher) -> Uni
     return [order_from_row(row, cipher) for row in rows]
 
 
-def complete_from_stock(stock_ids: Sequence[int], now: datetime) -> Unit[list[str]]:
+def complete_from_stock(order_ids: Sequence[int], now: datetime) -> Unit[list[str]]:
     """Claims the orders still PROCESSING and the oldest unsold codes of their SKUs
     (on PostgreSQL skipping rows another fulfiller holds), pairs them oldest with
     oldest, and completes the pairs; returns the transaction ids completed."""
-    claimed = yield sql.CLAIM_WAITING_ORDERS.rows(ids=list(stock_ids))
+    claimed = yield sql.CLAIM_WAITING_ORDERS.rows(ids=list(order_ids))
     pairs: list[tuple[int, int]] = []  # (order, code)
     by_sku = sorted(claimed, key=lambda row: row["sku"])  # stable: oldest first per SKU
     for sku, group in groupby(by_sku, key=lambda row: row["sku"]):
@@ -296,7 +298,7 @@ def cancel_order(
     else:
         assert order is not None  # the rules refuse a missing order
         if decision.refund:
-            yield from cancel_and_refund([order.stock_id], request.at, by=request.caller)
+            yield from cancel_and_refund([order.id], request.at, by=request.caller)
             order = replace(order, status=OrderStatus.CANCELLED)
         outcome = Cancelled(order, now=decision.refund)
     if key is not None:
@@ -335,6 +337,7 @@ def finish(
             account_id=row["account_id"],
             api_key=None if by is None else by.api_key,
             request_id=None if by is None else by.request_id,
+            client_request_id=None if by is None else by.client_request_id,
             transaction_id=row["transaction_id"],
             details={"by": "fulfiller" if by is None else "customer"},
         )
@@ -393,10 +396,19 @@ def forget_keys(before: datetime, limit: int) -> Unit[int]:
 def credit(
     account_id: int, amount: Money, at: int, kind: LedgerKind, order_id: int | None = None
 ) -> Unit[Money]:
-    """Adds to the balance (creating it) with its ledger row; returns the new balance."""
+    """Adds to the balance (creating it) with its ledger row; returns the new balance.
+    A sum past MAX_BALANCE_MINOR changes nothing and is refused."""
     minor = yield sql.CREDIT.value(
-        account_id=account_id, currency=amount.currency, amount_minor=amount.minor
+        account_id=account_id,
+        currency=amount.currency,
+        amount_minor=amount.minor,
+        max_minor=MAX_BALANCE_MINOR,
     )
+    if minor is None:
+        raise DataConflict(
+            f"account {account_id}'s {amount.currency} balance would pass the maximum of"
+            f" {Money.from_minor(MAX_BALANCE_MINOR, amount.currency)}: nothing changed"
+        )
     if amount.minor:
         yield from ledger(account_id, amount, kind, order_id, at)
     return Money.from_minor(minor, amount.currency)

@@ -24,10 +24,11 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from instantorders.v2 import options_pb2 as instantorders_dot_v2_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1binstantorders/v2/auth.proto\x12\x10instantorders.v2\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1einstantorders/v2/options.proto\"\x89\x01\n\x11IssueTokenRequest\x12$\n\ngrant_type\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\ngrant_type\x12\"\n\tclient_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02R\tclient_id\x12*\n\rclient_secret\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02R\rclient_secret\"x\n\x12IssueTokenResponse\x12\"\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\tR\x0c\x61\x63\x63\x65ss_token\x12\x1e\n\ntoken_type\x18\x02 \x01(\tR\ntoken_type\x12\x1e\n\nexpires_in\x18\x03 \x01(\x05R\nexpires_in2\x85\x01\n\x0b\x41uthService\x12v\n\nIssueToken\x12#.instantorders.v2.IssueTokenRequest\x1a$.instantorders.v2.IssueTokenResponse\"\x1d\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x13\"\x0e/v2/auth/token:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1binstantorders/v2/auth.proto\x12\x10instantorders.v2\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1einstantorders/v2/options.proto\"\x89\x01\n\x11IssueTokenRequest\x12$\n\ngrant_type\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\ngrant_type\x12\"\n\tclient_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02R\tclient_id\x12*\n\rclient_secret\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02R\rclient_secret\"x\n\x12IssueTokenResponse\x12\"\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\tR\x0c\x61\x63\x63\x65ss_token\x12\x1e\n\ntoken_type\x18\x02 \x01(\tR\ntoken_type\x12\x1e\n\nexpires_in\x18\x03 \x01(\x05R\nexpires_in2\x85\x01\n\x0b\x41uthService\x12v\n\nIssueToken\x12#.instantorders.v2.IssueTokenRequest\x1a$.instantorders.v2.IssueTokenResponse\"\x1d\x90\xb5\x18\x01\x82\xd3\xe4\x93\x02\x13\"\x0e/v2/auth/token:\x01*2Y\n\x12\x43redentialsService\x12\x43\n\x11VerifyCredentials\x12\x16.google.protobuf.Empty\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,10 +43,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ISSUETOKENREQUEST'].fields_by_name['client_secret']._serialized_options = b'\342A\001\002'
   _globals['_AUTHSERVICE'].methods_by_name['IssueToken']._loaded_options = None
   _globals['_AUTHSERVICE'].methods_by_name['IssueToken']._serialized_options = b'\220\265\030\001\202\323\344\223\002\023\"\016/v2/auth/token:\001*'
-  _globals['_ISSUETOKENREQUEST']._serialized_start=145
-  _globals['_ISSUETOKENREQUEST']._serialized_end=282
-  _globals['_ISSUETOKENRESPONSE']._serialized_start=284
-  _globals['_ISSUETOKENRESPONSE']._serialized_end=404
-  _globals['_AUTHSERVICE']._serialized_start=407
-  _globals['_AUTHSERVICE']._serialized_end=540
+  _globals['_ISSUETOKENREQUEST']._serialized_start=174
+  _globals['_ISSUETOKENREQUEST']._serialized_end=311
+  _globals['_ISSUETOKENRESPONSE']._serialized_start=313
+  _globals['_ISSUETOKENRESPONSE']._serialized_end=433
+  _globals['_AUTHSERVICE']._serialized_start=436
+  _globals['_AUTHSERVICE']._serialized_end=569
+  _globals['_CREDENTIALSSERVICE']._serialized_start=571
+  _globals['_CREDENTIALSSERVICE']._serialized_end=660
 # @@protoc_insertion_point(module_scope)

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from instantorders.v2 import auth_pb2 as instantorders_dot_v2_dot_auth__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -91,6 +92,90 @@ class AuthService:
             '/instantorders.v2.AuthService/IssueToken',
             instantorders_dot_v2_dot_auth__pb2.IssueTokenRequest.SerializeToString,
             instantorders_dot_v2_dot_auth__pb2.IssueTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class CredentialsServiceStub:
+    """Internal: the REST gateway's own calls. No google.api.http annotation, so no
+    REST route and no place in /openapi.json.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.VerifyCredentials = channel.unary_unary(
+                '/instantorders.v2.CredentialsService/VerifyCredentials',
+                request_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+
+
+class CredentialsServiceServicer:
+    """Internal: the REST gateway's own calls. No google.api.http annotation, so no
+    REST route and no place in /openapi.json.
+    """
+
+    def VerifyCredentials(self, request, context):
+        """Succeeds when the call's x-api-key and bearer token are valid, and fails
+        UNAUTHENTICATED, like any call, when they are not. The gateway asks only
+        before refusing a request itself (a body that does not parse, a wrong
+        Content-Type), so that an unauthenticated request is a 401 whatever its
+        body. It costs what any authenticated call costs, the reads budget
+        included: it tells nothing a GetBalances would not.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_CredentialsServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'VerifyCredentials': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyCredentials,
+                    request_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'instantorders.v2.CredentialsService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('instantorders.v2.CredentialsService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class CredentialsService:
+    """Internal: the REST gateway's own calls. No google.api.http annotation, so no
+    REST route and no place in /openapi.json.
+    """
+
+    @staticmethod
+    def VerifyCredentials(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/instantorders.v2.CredentialsService/VerifyCredentials',
+            google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,7 +5,9 @@ in-process on port 0, the real gateway."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
+import functools
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -16,7 +18,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import HTTP_LIMITS, GatewaySettings, create_app
-from server.domain import admin
+from server.domain import admin, auth
 from server.domain.clients import TrustedProxies
 from server.domain.clock import utc_now
 from server.domain.fulfillment import Fulfiller
@@ -122,9 +124,12 @@ async def service(
 
 
 @pytest.fixture
-async def accounts(store: Store, service: InstantOrdersService) -> dict[str, Account]:
+async def accounts(
+    store: Store, service: InstantOrdersService, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, Account]:
     """The dataset's accounts, each with a fresh bearer token."""
-    created = await admin.load_dataset(store, copy.deepcopy(DATASET), utc_now())
+    with _secrets_of_the_session(monkeypatch):
+        created = await admin.load_dataset(store, copy.deepcopy(DATASET), utc_now())
     result = {}
     for item in created:
         token = await service.issue_token("client_credentials", item.api_key, item.api_secret)
@@ -132,6 +137,43 @@ async def accounts(store: Store, service: InstantOrdersService) -> dict[str, Acc
             item.name, item.account_id, item.api_key, item.api_secret, token.access_token
         )
     return result
+
+
+#: The dataset's API secrets and their hashes, made once per session: scrypt
+#: costs ~50 ms each time, and every test on the API signs its accounts in.
+_SESSION_SECRETS: list[str] = []
+_SESSION_HASHES: dict[str, str] = {}
+_REAL_SCRYPT = auth._scrypt
+
+
+@functools.cache
+def _remembered_scrypt(secret: str, salt: bytes) -> bytes:
+    return _REAL_SCRYPT(secret, salt)
+
+
+@contextlib.contextmanager
+def _secrets_of_the_session(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Within it, the n-th secret admin makes is the session's n-th, with the same
+    hash (the real scrypt's, remembered); signing in with it reuses the result.
+    Tests of secrets and tokens themselves make their own keys and pay in full."""
+    made = iter(range(len(DATASET["accounts"]) * 4))
+
+    def session_secret() -> str:
+        n = next(made)
+        while len(_SESSION_SECRETS) <= n:
+            _SESSION_SECRETS.append(auth.new_api_secret())
+        return _SESSION_SECRETS[n]
+
+    def remembered_hash(secret: str) -> str:
+        if secret not in _SESSION_HASHES:
+            _SESSION_HASHES[secret] = auth.hash_secret(secret)
+        return _SESSION_HASHES[secret]
+
+    monkeypatch.setattr(auth, "_scrypt", _remembered_scrypt)
+    with monkeypatch.context() as during:
+        during.setattr(admin, "new_api_secret", session_secret)
+        during.setattr(admin, "hash_secret", remembered_hash)
+        yield
 
 
 @pytest.fixture

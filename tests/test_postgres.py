@@ -169,6 +169,33 @@ async def test_a_commit_left_unanswered_is_outcome_unknown_and_never_ordered_twi
     assert_fulfillment_consistent(database)
 
 
+async def test_an_order_whose_client_goes_away_mid_write_is_still_placed_once(
+    api, accounts, database, proxy
+):
+    """A client that disconnects cancels its call while the write is on its way:
+    the order it began is finished, not abandoned, and a retry with its key
+    replays it."""
+    acme = accounts["acme"]
+    (await order(api, acme)).expect_ok()
+    before = snapshot(database)
+
+    proxy.hold_from(b"walked-away")  # the write's parameters
+    call = asyncio.create_task(order(api, acme, key="k-walk-away", request_id="walked-away"))
+    await proxy.holding.wait()
+    call.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await call
+    proxy.release()
+
+    async def placed() -> bool:
+        return bool(one(database, "SELECT count(*) FROM orders") == before["orders"] + 1)
+
+    await eventually(placed, timeout=10)
+    (await order(api, acme, key="k-walk-away")).expect_ok()
+    assert one(database, "SELECT count(*) FROM orders") == before["orders"] + 1
+    assert_fulfillment_consistent(database)
+
+
 async def test_an_outage_in_the_middle_of_calls_is_answered_and_logged_as_an_outage(
     api, accounts, store, database, proxy, caplog
 ):

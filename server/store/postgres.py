@@ -217,7 +217,20 @@ class PostgresStore(SqlStore):
 
     async def _on_pool(self, transaction: Callable[[], Unit[T]], *, in_transaction: bool) -> T:
         """Runs the transaction on a pooled connection, the whole call bounded by the
-        timeout. One that PostgreSQL aborted to break a deadlock is run again."""
+        timeout. One that PostgreSQL aborted to break a deadlock is run again.
+
+        A write begun is finished (or rolled back) even when its caller goes away,
+        as a client that disconnects does: cut short, it would have to drop its
+        connection (the next call then pays a reconnect), and the client may
+        still retry with its Idempotency-Key and be answered what was done."""
+        bounded = self._bounded(transaction, in_transaction)
+        if not in_transaction:
+            return await bounded
+        write = asyncio.ensure_future(bounded)
+        write.add_done_callback(_retrieve_exception)  # an abandoned write's is logged already
+        return await asyncio.shield(write)
+
+    async def _bounded(self, transaction: Callable[[], Unit[T]], in_transaction: bool) -> T:
         call = _Call()
         try:
             async with asyncio.timeout(self._timeout):
@@ -365,6 +378,11 @@ async def _on_connection(
     except _CONNECTION_SPOILT:
         db.terminate()
         raise
+
+
+def _retrieve_exception(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _milliseconds(seconds: float) -> str:

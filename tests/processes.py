@@ -116,3 +116,13 @@ async def start_service(
     url = f"http://127.0.0.1:{http_port}"
     await eventually(lambda: healthy(f"{url}/healthz"), timeout=timeout)
     return process, url
+
+
+#: Each command that opens the database: its words before and after the database options.
+COMMANDS_OPENING_THE_DATABASE = {
+    "serve": (["serve", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"], []),
+    "server": (["server", "--grpc-listen", "127.0.0.1:0"], []),
+    "worker": (["worker"], []),
+    "admin report": (["admin"], ["report"]),
+    "admin migrate": (["admin"], ["migrate"]),
+}

@@ -12,7 +12,7 @@ import pytest
 from server.domain.clients import TrustedProxies
 from server.domain.limits import Limits, Rate
 from server.rpc.interceptors import peer_host
-from tests.api import GrpcApi
+from tests.api import GrpcApi, login
 from tests.processes import eventually, healthy, run_cli, start, stop, unused_port
 
 
@@ -89,14 +89,6 @@ async def post_token_to(url: str, source: str, form: dict[str, str]) -> int:
         session.post(f"{url.rstrip('/')}/v2/auth/token", data=form) as response,
     ):
         return response.status
-
-
-def login(account, secret=None):
-    return {
-        "grant_type": "client_credentials",
-        "client_id": account if isinstance(account, str) else account.api_key,
-        "client_secret": secret or ("x" if isinstance(account, str) else account.api_secret),
-    }
 
 
 async def test_out_of_the_box_the_gateway_names_each_client_and_its_server_believes_it(

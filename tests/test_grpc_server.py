@@ -13,7 +13,7 @@ from tests.databases import query
 
 async def test_health_reports_serving(channel):
     stub = health_pb2_grpc.HealthStub(channel)
-    for service in ("", "instantorders.v2.OrdersService"):
+    for service in ("", "instantorders.v2.OrdersService", "instantorders.v2.CredentialsService"):
         answer = await stub.Check(health_pb2.HealthCheckRequest(service=service))
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
 
@@ -30,6 +30,7 @@ async def test_reflection_lists_the_services(channel):
         "instantorders.v2.BalancesService",
         "instantorders.v2.ExchangeRatesService",
         "instantorders.v2.AuthService",
+        "instantorders.v2.CredentialsService",  # internal: the gateway's, no REST route
         "grpc.health.v1.Health",
     } <= names
 

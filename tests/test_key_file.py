@@ -18,19 +18,15 @@ import pytest
 
 from tests.databases import key_file, query, stored_schema_version
 from tests.helpers import DATASET, database_args, stored_codes
-from tests.processes import run_cli
+from tests.processes import COMMANDS_OPENING_THE_DATABASE, run_cli
 
 DATASET_CODES = [code["redeemCode"] for code in DATASET["codes"]]
 #: A command that has not refused by then would serve: the test fails instead of waiting.
 DEADLINE_SECONDS = 20
 
-#: Each command that opens the database: its words before and after the database options.
+#: The commands that open the database, and those that read or write codes.
 COMMANDS = {
-    "serve": (["serve", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"], []),
-    "server": (["server", "--grpc-listen", "127.0.0.1:0"], []),
-    "worker": (["worker"], []),
-    "admin report": (["admin"], ["report"]),
-    "admin migrate": (["admin"], ["migrate"]),
+    **COMMANDS_OPENING_THE_DATABASE,
     "admin add-codes": (["admin"], ["add-codes", "--sku", "8PX-UF-Y5U", "--file", "{csv}"]),
     "admin rotate-code-key": (["admin"], ["rotate-code-key"]),
 }

@@ -9,6 +9,7 @@ from server.domain import service as service_module
 from server.domain.clients import TrustedProxies
 from server.domain.errors import ApiError, Reason
 from server.domain.limits import DEFAULT_LIMITS, Limiter, Limits, Rate, TokenBuckets
+from tests.api import login
 from tests.metrics import moved, scrape
 from tests.processes import run_cli
 
@@ -100,14 +101,6 @@ def test_a_malformed_rate_limit_option_is_refused(text, tmp_path):
     result = run_cli("server", "--database", str(tmp_path / "o.db"), "--rate-limit-orders", text)
     assert result.returncode == 2
     assert "RATE:BURST" in result.stderr or "rate" in result.stderr
-
-
-def login(account, secret=None):
-    return {
-        "grant_type": "client_credentials",
-        "client_id": account if isinstance(account, str) else account.api_key,
-        "client_secret": secret or ("x" if isinstance(account, str) else account.api_secret),
-    }
 
 
 async def test_failed_logins_are_limited_per_key_and_address_and_never_say_what_was_wrong(

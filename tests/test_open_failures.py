@@ -14,19 +14,12 @@ from pathlib import Path
 import pytest
 
 from tests.databases import POSTGRES_URL, postgres_unreachable
-from tests.processes import run_cli, unused_port
+from tests.processes import COMMANDS_OPENING_THE_DATABASE, run_cli, unused_port
 
 #: A process that has not exited by then hangs: the test fails instead of waiting.
 DEADLINE_SECONDS = 20
 
-#: Each command that opens the database: its words before and after the database options.
-COMMANDS = {
-    "serve": (["serve", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"], []),
-    "server": (["server", "--grpc-listen", "127.0.0.1:0"], []),
-    "worker": (["worker"], []),
-    "admin report": (["admin"], ["report"]),
-    "admin migrate": (["admin"], ["migrate"]),
-}
+COMMANDS = COMMANDS_OPENING_THE_DATABASE
 
 
 def garbage_bytes(directory: Path) -> Path:

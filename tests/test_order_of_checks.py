@@ -9,8 +9,6 @@ from __future__ import annotations
 import grpc
 import pytest
 from google.protobuf import empty_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from gateway.openapi import openapi_document
 from gateway.routes import load_routes
@@ -215,17 +213,3 @@ def test_the_internal_service_has_no_route_and_no_place_in_openapi():
     assert "verifyCredentials" not in {op["operationId"] for op in operations}
     assert "CredentialsService" not in {tag for op in operations for tag in op["tags"]}
     assert all("415" in op["responses"] for op in operations if "requestBody" in op)
-
-
-async def test_the_internal_service_is_served_listed_and_healthy(channel):
-    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
-    request = reflection_pb2.ServerReflectionRequest(list_services="")
-    async for answer in reflection.ServerReflectionInfo(iter([request])):
-        names = {service.name for service in answer.list_services_response.service}
-        break
-    assert "instantorders.v2.CredentialsService" in names
-    health = health_pb2_grpc.HealthStub(channel)
-    status = await health.Check(
-        health_pb2.HealthCheckRequest(service="instantorders.v2.CredentialsService")
-    )
-    assert status.status == health_pb2.HealthCheckResponse.SERVING

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -11,7 +12,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import aiohttp
 
@@ -126,3 +127,19 @@ COMMANDS_OPENING_THE_DATABASE = {
     "admin report": (["admin"], ["report"]),
     "admin migrate": (["admin"], ["migrate"]),
 }
+
+
+def serve_loaded(
+    tmp_path: Path, dataset: dict[str, Any], env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str, dict[str, Any]]:
+    """`serve` on free ports over a new database loaded with `dataset`: the process,
+    its REST address, and the first account as `admin load` printed it."""
+    database, dataset_file = tmp_path / "orders.db", tmp_path / "dataset.json"
+    dataset_file.write_text(json.dumps(dataset))
+    loaded = run_cli("admin", "--database", str(database), "load", str(dataset_file))
+    http_port = unused_port()
+    process = start(
+        "serve", "--database", str(database), "--http-listen", f"127.0.0.1:{http_port}",
+        "--grpc-listen", f"127.0.0.1:{unused_port()}", env=env,
+    )  # fmt: skip
+    return process, f"http://127.0.0.1:{http_port}", json.loads(loaded.stdout)["accounts"][0]

@@ -9,25 +9,15 @@ import aiohttp
 from server.logs import mask
 from server.store.backends import shown
 from tests.helpers import DATASET, sold_codes
-from tests.processes import eventually, healthy, log_of, run_cli, start, stop, unused_port
+from tests.processes import eventually, healthy, log_of, serve_loaded, stop
 
 PIN = "PIN-8842-LOGS"
 
 
 async def test_a_full_session_logs_json_lines_without_any_secret(tmp_path):
-    database = str(tmp_path / "orders.db")
     dataset = {**DATASET, "codes": [{"sku": "8PX-UF-Y5U", "redeemCode": "LOGS-CODE-1",
                                      "pinCode": PIN}]}  # fmt: skip
-    (tmp_path / "dataset.json").write_text(json.dumps(dataset))
-    loaded = run_cli("admin", "--database", database, "load", str(tmp_path / "dataset.json"))
-    acme = json.loads(loaded.stdout)["accounts"][0]
-    port = unused_port()
-    process = start(
-        "serve", "--database", database, "--http-listen", f"127.0.0.1:{port}",
-        "--grpc-listen", f"127.0.0.1:{unused_port()}",
-        env={"INSTANT_ORDERS_LOG_LEVEL": "DEBUG"},
-    )  # fmt: skip
-    api = f"http://127.0.0.1:{port}"
+    process, api, acme = serve_loaded(tmp_path, dataset, env={"INSTANT_ORDERS_LOG_LEVEL": "DEBUG"})
     secrets = [acme["apiSecret"], "LOGS-CODE-1", PIN]
     try:
         await eventually(lambda: healthy(f"{api}/healthz"))
@@ -56,7 +46,7 @@ async def test_a_full_session_logs_json_lines_without_any_secret(tmp_path):
     assert lines, "nothing was logged"
     assert all({"time", "level", "logger", "requestId", "message"} <= set(line) for line in lines)
     assert any(line["requestId"] != "-" for line in lines)
-    assert sold_codes(database)[tx] == "LOGS-CODE-1"
+    assert sold_codes(str(tmp_path / "orders.db"))[tx] == "LOGS-CODE-1"
     for secret in secrets:
         assert secret not in log
 

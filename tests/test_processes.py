@@ -14,7 +14,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server.demo import SESSION_MARKER
 from tests.databases import query
 from tests.helpers import DATASET, database_args
-from tests.processes import eventually, healthy, log_of, run_cli, start, stop, unused_port
+from tests.processes import (
+    eventually,
+    healthy,
+    log_of,
+    run_cli,
+    serve_loaded,
+    start,
+    stop,
+    unused_port,
+)
 
 
 def read_session(process: subprocess.Popen[str]) -> str:
@@ -143,16 +152,9 @@ async def test_sigterm_turns_health_not_serving_before_stopping(tmp_path):
 async def test_sigterm_fails_readiness_first_while_requests_are_still_served(tmp_path):
     """With a drain period, readiness says 503 "draining" at once, orders are still
     answered meanwhile, and then the process stops gracefully."""
-    database = str(tmp_path / "o.db")
-    loaded = run_cli("admin", "--database", database, "load", _dataset_file(tmp_path))
-    acme = json.loads(loaded.stdout)["accounts"][0]
-    http_port = unused_port()
-    process = start(
-        "serve", "--database", database, "--http-listen", f"127.0.0.1:{http_port}",
-        "--grpc-listen", f"127.0.0.1:{unused_port()}",
-        env={"INSTANT_ORDERS_SHUTDOWN_DRAIN": "3"},
-    )  # fmt: skip
-    api = f"http://127.0.0.1:{http_port}"
+    process, api, acme = serve_loaded(
+        tmp_path, _FUNDED_DATASET, env={"INSTANT_ORDERS_SHUTDOWN_DRAIN": "3"}
+    )
     try:
         await eventually(lambda: healthy(f"{api}/readyz"))
         async with aiohttp.ClientSession() as session:
@@ -179,10 +181,12 @@ async def _order(session, api: str, headers: dict[str, str], number: str) -> tup
         return response.status, number
 
 
+_FUNDED_DATASET = {**DATASET, "accounts": [{"name": "acme", "balances": {"USD": "1000.00"}}]}
+
+
 def _dataset_file(tmp_path) -> str:
     path = tmp_path / "dataset.json"
-    dataset = {**DATASET, "accounts": [{"name": "acme", "balances": {"USD": "1000.00"}}]}
-    path.write_text(json.dumps(dataset))
+    path.write_text(json.dumps(_FUNDED_DATASET))
     return str(path)
 
 

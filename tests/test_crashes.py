@@ -54,9 +54,9 @@ class Load:
 
 
 async def prepare(database: str) -> dict[str, str]:
-    """acme with yen for a million orders and 300 codes in stock; its headers."""
+    """acme with yen for a million orders and 100 codes in stock; its headers."""
     funds = Money.parse(str(10**6 * PRICE), "JPY")
-    codes = [NewCode(SKU, f"FIRST-{n}", None) for n in range(300)]
+    codes = [NewCode(SKU, f"FIRST-{n}", None) for n in range(100)]
     _, headers = await acme_signed_in(database, funds, codes)
     return headers
 

@@ -196,30 +196,30 @@ async def test_token_requests_beyond_the_burst_are_429_even_with_the_right_secre
     (await api.call("IssueToken", login(globex))).expect_ok()  # each key has its own
 
 
-def test_tokens_are_issued_10_a_minute_per_key_with_a_burst_of_20():
+async def test_tokens_are_issued_10_a_minute_per_key_with_a_burst_of_20():
     now = [0.0]
     limiter = Limiter(DEFAULT_LIMITS, clock=lambda: now[0])
     for _ in range(20):
-        limiter.check_login("ak_busy", "192.0.2.1")
-        limiter.token_issued("ak_busy")
+        await limiter.check_login("ak_busy", "192.0.2.1")
+        await limiter.token_issued("ak_busy")
     with pytest.raises(ApiError) as refused:
-        limiter.check_login("ak_busy", "192.0.2.2")  # from anywhere
+        await limiter.check_login("ak_busy", "192.0.2.2")  # from anywhere
     assert refused.value.metadata["budget"] == "token requests"
-    limiter.check_login("ak_other", "192.0.2.1")
+    await limiter.check_login("ak_other", "192.0.2.1")
     for _ in range(5):
-        limiter.login_failed("ak_busy", "192.0.2.3")  # a stranger's failures spend none
+        await limiter.login_failed("ak_busy", "192.0.2.3")  # a stranger's failures spend none
     now[0] = 6.0  # one more every 6 s
 
-    limiter.check_login("ak_busy", "192.0.2.1")
+    await limiter.check_login("ak_busy", "192.0.2.1")
 
 
-def test_ipv6_clients_are_counted_per_64():
+async def test_ipv6_clients_are_counted_per_64():
     limiter = Limiter(DEFAULT_LIMITS)
     for host in range(1, 21):
-        limiter.login_failed(f"ak_guess_{host}", f"2001:db8:1:2::{host:x}")
+        await limiter.login_failed(f"ak_guess_{host}", f"2001:db8:1:2::{host:x}")
     with pytest.raises(ApiError):
-        limiter.check_login("ak_owner", "2001:db8:1:2:ffff::1")  # the same /64
-    limiter.check_login("ak_owner", "2001:db8:1:3::1")
+        await limiter.check_login("ak_owner", "2001:db8:1:2:ffff::1")  # the same /64
+    await limiter.check_login("ak_owner", "2001:db8:1:3::1")
 
 
 async def test_oversized_headers_and_messages_are_refused(http, channel, accounts):

@@ -78,6 +78,31 @@ async def test_two_replicas_share_one_budget_within_ten_percent(database, limits
     assert 0.9 * budget <= sum(per_caller) <= 1.1 * budget, (per_caller, budget)
 
 
+async def test_failed_logins_and_tokens_issued_are_counted_once_across_replicas(database):
+    """Five failures of a key from one address, or twenty tokens of a key, in all:
+    an attacker who alternates replicas gets no more guesses, a client no more scrypts."""
+    limits = Limits(failed_logins_per_key_and_address=Rate(0.01, 5), token_requests=Rate(0.01, 4))
+    replicas = [await PostgresBuckets.open(database) for _ in range(2)]
+    try:
+        first, second = (Limiter(limits, shared=replica) for replica in replicas)
+        for attempt in range(5):
+            await (first, second)[attempt % 2].login_failed("ak_guessed", "192.0.2.7")
+        for issued in range(4):
+            await (first, second)[issued % 2].token_issued("ak_busy")
+
+        for limiter in (first, second):
+            with pytest.raises(ApiError) as guessing:
+                await limiter.check_login("ak_guessed", "192.0.2.7")
+            assert guessing.value.metadata["budget"] == "failed logins"
+            with pytest.raises(ApiError) as busy:
+                await limiter.check_login("ak_busy", "192.0.2.8")
+            assert busy.value.metadata["budget"] == "token requests"
+        await second.check_login("ak_guessed", "192.0.2.99")  # the owner, elsewhere
+    finally:
+        for replica in replicas:
+            await replica.close()
+
+
 async def test_an_outage_of_the_shared_buckets_lets_orders_through_with_one_warning(
     api, accounts, proxy, caplog
 ):

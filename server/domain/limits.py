@@ -3,9 +3,10 @@
 Each process keeps its own buckets: with N replicas behind a load balancer a
 key gets up to N times the budget. Memory is bounded: the least recently
 used buckets are forgotten beyond `max_keys` (a forgotten bucket is full).
-Given SharedBuckets (PostgreSQL: server/store/rate_limits.py), the buckets of
-orders and reads are shared by every replica instead; while that store fails,
-each process falls back on its own buckets (fail open, with a warning).
+Given SharedBuckets (PostgreSQL: server/store/rate_limits.py), every budget but
+open streams (a count of this process's own connections) is shared by every
+replica instead; while that store fails, each process falls back on its own
+buckets (fail open, with a warning).
 """
 
 from __future__ import annotations
@@ -79,6 +80,14 @@ class TokenBuckets:
     async def spend(self, key: str) -> None:
         """`take`, as shared buckets do it: they ask their store."""
         self.take(key)
+
+    async def seconds_short(self, key: str) -> float:
+        """`exhausted`, as shared buckets do it: looks without spending."""
+        return self.exhausted(key)
+
+    async def spend_if_any(self, key: str) -> None:
+        """`try_take`, as shared buckets do it: spends a token if there is one."""
+        self.try_take(key)
 
     def try_take(self, key: str) -> float:
         """Spends a token and returns 0, or returns the seconds until one is available."""
@@ -204,6 +213,28 @@ class SharedTokenBuckets(TokenBuckets):
             self._refuse(key, wait)
             raise self.limited(wait)
 
+    async def seconds_short(self, key: str) -> float:
+        if self.rate.unlimited:
+            return 0.0
+        refused_for = self._refused_until.get(key, 0.0) - self._clock()
+        if refused_for > 0:
+            return refused_for
+        wait = await self._shared.take(self._shared_as, key, self.rate, count=0)
+        if wait is None:
+            return self.exhausted(key)
+        if wait:
+            self._refuse(key, wait)
+        return wait
+
+    async def spend_if_any(self, key: str) -> None:
+        if self.rate.unlimited or self._refused_until.get(key, 0.0) > self._clock():
+            return
+        wait = await self._shared.take(self._shared_as, key, self.rate)
+        if wait is None:
+            self.try_take(key)
+        elif wait:
+            self._refuse(key, wait)
+
     def _refuse(self, key: str, wait: float) -> None:
         self._refused_until[key] = self._clock() + wait
         self._refused_until.move_to_end(key)
@@ -250,40 +281,49 @@ class Limiter:
             Budget.ORDERS: self._shareable("orders", limits.orders, clock),
             Budget.READS: self._shareable("reads", limits.reads, clock),
         }
-        self._failed_by_key_and_address = TokenBuckets(
-            "failed logins", limits.failed_logins_per_key_and_address, clock
-        )
-        self._failed_by_address = TokenBuckets(
-            "failed logins", limits.failed_logins_per_address, clock
-        )
-        self._tokens_issued = TokenBuckets("token requests", limits.token_requests, clock)
+        # Both failure budgets answer as "failed logins"; they are kept apart when shared.
+        self._failed_by_key_and_address = self._shareable(
+            "failed logins", limits.failed_logins_per_key_and_address, clock,
+            shared_as="failed logins by key and address",
+        )  # fmt: skip
+        self._failed_by_address = self._shareable(
+            "failed logins", limits.failed_logins_per_address, clock,
+            shared_as="failed logins by address",
+        )  # fmt: skip
+        self._tokens_issued = self._shareable("token requests", limits.token_requests, clock)
         self._open_streams: dict[str, int] = {}
 
     async def spend(self, api_key: str, budget: Budget) -> None:
         await self._budgets[budget].spend(api_key)
 
-    def _shareable(self, name: str, rate: Rate, clock: Callable[[], float]) -> TokenBuckets:
+    def _shareable(
+        self, name: str, rate: Rate, clock: Callable[[], float], shared_as: str = ""
+    ) -> TokenBuckets:
         """Buckets shared by the replicas if there are shared buckets, else this process's."""
         if self._shared is None:
             return TokenBuckets(name, rate, clock)
-        return SharedTokenBuckets(name, rate, self._shared, clock)
+        return SharedTokenBuckets(name, rate, self._shared, clock, shared_as)
 
-    def check_login(self, api_key: str, address: str) -> None:
+    async def check_login(self, api_key: str, address: str) -> None:
         """Refuses a token request before its secret is checked (no answer about the
         secret, no scrypt) while the key failed too often from this address, the
         address failed too often, or the key was issued too many tokens."""
-        for buckets, key in self._login_buckets(api_key, address):
-            wait = buckets.exhausted(key)
+        checked = self._login_buckets(api_key, address)
+        waits = await asyncio.gather(*(buckets.seconds_short(key) for buckets, key in checked))
+        for (buckets, _), wait in zip(checked, waits, strict=True):
             if wait:
                 raise buckets.limited(wait)
 
-    def login_failed(self, api_key: str, address: str) -> None:
-        for buckets, key in self._login_buckets(api_key, address):
-            if buckets is not self._tokens_issued:  # a stranger's failure never counts there
-                buckets.try_take(key)
+    async def login_failed(self, api_key: str, address: str) -> None:
+        counted = [
+            buckets.spend_if_any(key)
+            for buckets, key in self._login_buckets(api_key, address)
+            if buckets is not self._tokens_issued  # a stranger's failure never counts there
+        ]
+        await asyncio.gather(*counted)
 
-    def token_issued(self, api_key: str) -> None:
-        self._tokens_issued.try_take(api_key)
+    async def token_issued(self, api_key: str) -> None:
+        await self._tokens_issued.spend_if_any(api_key)
 
     def _login_buckets(self, api_key: str, address: str) -> list[tuple[TokenBuckets, str]]:
         counted_as = limited_as(address)

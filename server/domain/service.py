@@ -124,16 +124,16 @@ class InstantOrdersService:
             raise ApiError(
                 Reason.invalid_request, detail="client_id and client_secret are required."
             )
-        self.limiter.check_login(client_id, client_address)
+        await self.limiter.check_login(client_id, client_address)
         credentials = await self._store.credentials(client_id)
         stored_hash = credentials.secret_hash if credentials else DUMMY_SECRET_HASH
         # scrypt takes tens of milliseconds: keep it off the event loop.
         matches = await asyncio.to_thread(partial(verify_secret, client_secret, stored_hash))
         # One answer for an unknown key, a wrong secret and a disabled key.
         if credentials is None or not matches or not credentials.active:
-            self.limiter.login_failed(client_id, client_address)
+            await self.limiter.login_failed(client_id, client_address)
             raise ApiError(Reason.invalid_client)
-        self.limiter.token_issued(client_id)
+        await self.limiter.token_issued(client_id)
         return self._tokens.issue(Caller(credentials.account_id, client_id), self._clock())
 
     async def authenticate(

@@ -26,8 +26,10 @@ lint: $(INSTALLED)
 	$(BIN)/ruff format --check server gateway tests protos bench
 	$(BIN)/mypy server gateway bench tests
 
+# Two workers: most tests wait on processes and databases, so both cores pay
+# (measured: 5:52 against 10:03 in one process).
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2
 
 # Load generators from the distribution's packages, matplotlib into the venv.
 bench-tools: $(INSTALLED)

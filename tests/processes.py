@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -69,10 +71,26 @@ def log_of(process: subprocess.Popen[str]) -> str:
     return log.read()
 
 
+#: Ports for the processes a test starts: below Linux's ephemeral range (32768 up),
+#: where no client socket of this or another test lands between the choice of a
+#: port and its use, and a block of its own for each pytest-xdist worker.
+_PORTS_PER_WORKER = 4000
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+_next_port = itertools.count(
+    10_000 + _WORKER * _PORTS_PER_WORKER + random.randrange(_PORTS_PER_WORKER // 2)
+)
+
+
 def unused_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A port nothing listens on, not handed out before in this session."""
+    while True:
+        port = next(_next_port)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:

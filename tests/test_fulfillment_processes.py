@@ -177,7 +177,7 @@ async def test_sigkill_during_fulfillment_then_restart_keeps_every_invariant(tmp
                 "COMPLETED": 1000, "PROCESSING": 200, "CANCELLED": 200,
             }  # fmt: skip
 
-        await eventually(all_settled, timeout=30)
+        await eventually(all_settled, timeout=60)
     finally:
         assert stop(process) == 0
     assert "Traceback" not in log_of(process)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import grpc
@@ -11,6 +10,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import GatewaySettings, create_app
 from tests.helpers import snapshot
+from tests.processes import unused_port
 
 ORDERS = "/v2/orders/instant"
 
@@ -109,12 +109,6 @@ async def test_healthz_reports_the_grpc_server(http):
     response = await http.get("/healthz")
     assert response.status == 200
     assert (await response.json())["status"] == "SERVING"
-
-
-def unused_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 async def test_unreachable_grpc_server_is_503_with_json_body(accounts):

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install proto fmt lint test run bench bench-scaleout bench-tools clean
+.PHONY: install proto fmt lint test run bench bench-scaleout bench-bulk bench-tools clean
 
 install: $(INSTALLED)
 
@@ -44,6 +44,10 @@ bench: bench-tools
 # REST orders on 1 SQLite replica, 1 and 2 PostgreSQL replicas (needs PostgreSQL).
 bench-scaleout: bench-tools
 	$(BIN)/python -m bench.scaleout $(BENCH_ARGS)
+
+# One 10,000-unit bulk order: seconds to place it, and to fulfil it after a restock.
+bench-bulk: $(INSTALLED)
+	$(BIN)/python -m bench.bulk $(BENCH_ARGS)
 
 run: $(INSTALLED)
 	$(BIN)/instant-orders demo

@@ -53,10 +53,12 @@ IN_STOCK, OUT_OF_STOCK, HISTORY = "BENCH-IN", "BENCH-OUT", "BENCH-HISTORY"
 #: Codes added before a phase of in-stock orders, per second of load in it.
 STOCK_PER_SECOND = 2_500
 BACKLOG_ORDERS = 10_000
+BULK_UNITS = 10_000
 PRODUCTS = [
     {"sku": sku, "name": f"Bench {sku}", "brand": "Bench", "currency": "USD", "price": "1.00",
      "faceValue": "1.00", "instantDeliverySupported": True}
-    for sku in (IN_STOCK, OUT_OF_STOCK, HISTORY, *(f"BENCH-BACKLOG-{n}" for n in range(1, 10)))
+    for sku in (IN_STOCK, OUT_OF_STOCK, HISTORY, *(f"BENCH-BACKLOG-{n}" for n in range(1, 10)),
+                *(f"BENCH-BULK-{n}" for n in range(1, 10)))
 ]  # fmt: skip
 
 
@@ -409,6 +411,44 @@ def backlog(bench: Bench) -> dict[str, Any]:
     return result
 
 
+def bulk_order(bench: Bench) -> dict[str, Any]:
+    """One bulk order of 10,000 units: seconds to place it (one gRPC call), and seconds
+    from the commit of one restock of 10,000 codes until it is COMPLETED."""
+    placed, fulfilled = [], []
+    for run in range(1, bench.options.runs + 1):
+        sku = f"BENCH-BULK-{run}"
+        request = orders_pb2.CreateBulkOrderRequest(
+            products=[orders_pb2.BulkOrderLine(sku=sku, quantity=BULK_UNITS)]
+        )
+        with grpc.insecure_channel(bench.grpc_target) as channel:
+            orders = orders_pb2_grpc.OrdersServiceStub(channel)
+            started = time.monotonic()
+            order = orders.CreateBulkOrder(request, metadata=list(bench.headers.items()))
+            placed.append(time.monotonic() - started)
+        bench.add_codes(sku, BULK_UNITS)
+        restocked = time.monotonic()
+        while bench.count(
+            "SELECT count(*) FROM orders WHERE transaction_id = ? AND status = 'COMPLETED'",
+            order.transaction_id,
+        ) == 0:  # fmt: skip
+            if time.monotonic() - restocked > 120:
+                raise RuntimeError("the bulk order was not fulfilled within 120 s")
+            time.sleep(0.01)
+        fulfilled.append(time.monotonic() - restocked)
+    result = {
+        "units": BULK_UNITS,
+        "place_seconds": placed,
+        "fulfil_seconds": fulfilled,
+        "median_place_seconds": median(placed),
+        "median_fulfil_seconds": median(fulfilled),
+    }
+    runs = ", ".join(f"{p:.3f}/{f:.2f}" for p, f in zip(placed, fulfilled, strict=True))
+    print(f"bulk order of {BULK_UNITS:,} units placed in {result['median_place_seconds']:.3f} s,"
+          f" fulfilled {result['median_fulfil_seconds']:.2f} s after the restock (runs: {runs})",
+          flush=True)  # fmt: skip
+    return result
+
+
 def memory(bench: Bench, server: Process) -> dict[str, Any]:
     """The server's RSS after 100,000 and after 200,000 orders placed (in stock)."""
     request = _order_request(IN_STOCK).SerializeToString()
@@ -473,6 +513,7 @@ def run(bench: Bench) -> dict[str, Any]:
     )
     server, gateway = metrics_cost(bench, server, gateway)
     backlog_result = backlog(bench)
+    bulk_result = bulk_order(bench)
     bench.ensure_stock(0, orders=2 * options.memory_orders)
     server = bench.restart_server(server)
     memory_result = memory(bench, server)
@@ -490,6 +531,7 @@ def run(bench: Bench) -> dict[str, Any]:
         "concurrency": CONCURRENCY,
         "scenarios": [asdict(scenario) for scenario in bench.scenarios.values()],
         "backlog": backlog_result,
+        "bulk_order": bulk_result,
         "memory": memory_result,
         "stored_orders": stored,
     }

@@ -115,7 +115,7 @@ def balance(database: str, account_id: int, currency: str) -> Decimal:
 
 
 def assert_invariants(database: str) -> None:
-    """Money is conserved and no code is sold twice."""
+    """Money is conserved and no code is sold twice; bulk orders agree with their lines."""
     mismatched = query(
         database,
         "SELECT b.account_id, b.currency FROM balances b"
@@ -127,11 +127,12 @@ def assert_invariants(database: str) -> None:
     assert one(database, "SELECT count(*) FROM balances WHERE amount_minor < 0") == 0
     unpaid = one(
         database,
-        "SELECT count(*) FROM orders o WHERE NOT EXISTS"
+        "SELECT count(*) FROM orders o WHERE o.kind = 'INSTANT' AND NOT EXISTS"
         " (SELECT 1 FROM ledger l WHERE l.order_id = o.id AND l.kind = 'ORDER'"
         " AND l.amount_minor = -o.unit_price_minor)",
     )
     assert unpaid == 0, "an order without its debit"
+    assert_bulk_consistent(database)
     completed_without_code = one(
         database,
         "SELECT count(*) FROM orders o WHERE o.status = 'COMPLETED'"
@@ -145,7 +146,8 @@ def assert_fulfillment_consistent(database: str) -> None:
 
     PROCESSING: one debit, no code, no refund. COMPLETED: one debit, one code,
     no refund. CANCELLED: one debit, no code, and exactly one refund of the
-    same amount. And no code is on two orders.
+    same amount. A bulk order as its lines say (assert_bulk_consistent). And no
+    code is on two orders.
     """
     assert_invariants(database)
     rows = query(
@@ -157,7 +159,7 @@ def assert_fulfillment_consistent(database: str) -> None:
         "  AND l.amount_minor = o.unit_price_minor),"
         " (SELECT count(*) FROM ledger l WHERE l.order_id = o.id),"
         " (SELECT count(*) FROM codes c WHERE c.order_id = o.id)"
-        " FROM orders o",
+        " FROM orders o WHERE o.kind = 'INSTANT'",
     )
     expected = {
         "PROCESSING": (1, 0, 1, 0),
@@ -172,6 +174,41 @@ def assert_fulfillment_consistent(database: str) -> None:
         " GROUP BY sku, fingerprint HAVING count(*) > 1) AS twice",
     )
     assert codes_sold_twice == 0, "a code was sold on two orders"
+
+
+def assert_bulk_consistent(database: str) -> None:
+    """Each bulk order: one debit of its lines' total; one refund of exactly its
+    cancelled units' price, recorded as refunded_minor, if any; a code per
+    delivered unit, on the unit's own stockId; PROCESSING while a unit waits,
+    else COMPLETED if one was delivered, else CANCELLED."""
+    rows = query(
+        database,
+        "SELECT o.id, o.status, o.refunded_minor,"
+        " (SELECT sum(n.quantity * n.unit_price_minor) FROM order_lines n"
+        "  WHERE n.order_id = o.id),"
+        " (SELECT sum(n.cancelled * n.unit_price_minor) FROM order_lines n"
+        "  WHERE n.order_id = o.id),"
+        " (SELECT sum(n.delivered) FROM order_lines n WHERE n.order_id = o.id),"
+        " (SELECT sum(n.quantity - n.delivered - n.cancelled) FROM order_lines n"
+        "  WHERE n.order_id = o.id),"
+        " (SELECT count(*) FROM codes c JOIN order_lines n ON n.order_id = c.order_id"
+        "  AND c.stock_id >= n.first_stock_id AND c.stock_id < n.first_stock_id + n.delivered"
+        "  AND n.sku = c.sku WHERE c.order_id = o.id),"
+        " (SELECT count(*) FROM codes c WHERE c.order_id = o.id),"
+        " (SELECT coalesce(sum(-l.amount_minor), 0) FROM ledger l WHERE l.order_id = o.id"
+        "  AND l.kind = 'ORDER'),"
+        " (SELECT coalesce(sum(l.amount_minor), 0) FROM ledger l WHERE l.order_id = o.id"
+        "  AND l.kind = 'REFUND')"
+        " FROM orders o WHERE o.kind = 'BULK'",
+    )
+    for row in rows:
+        order_id, status, refunded, total, cancelled_price, delivered, waiting = row[:7]
+        codes_in_place, codes, debited, refunded_in_ledger = row[7:]
+        assert debited == total, (order_id, debited, total)
+        assert refunded == refunded_in_ledger == cancelled_price, (order_id, refunded)
+        assert codes == codes_in_place == delivered, (order_id, codes, delivered)
+        expected = "PROCESSING" if waiting else "COMPLETED" if delivered else "CANCELLED"
+        assert status == expected, (order_id, status, expected)
 
 
 def stored_codes(database: str) -> list[tuple[str | None, str, str | None]]:

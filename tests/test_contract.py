@@ -99,6 +99,14 @@ async def exercise_every_route(http, accounts) -> list[tuple[str, str, int, Any]
     assert events.content_type == "text/event-stream"
     for data in event_data(await events.text()):
         seen.append(("/v2/orders/{transactionId}/events", "get", events.status, data))
+    bulk = await record(
+        "POST", "/v2/orders", "/v2/orders",
+        json={"products": [{"sku": "TTR-WI-YWN", "quantity": 2}], "payWithCurrency": "USD",
+              "clientOrderNumber": "po-bulk"},
+    )  # fmt: skip
+    bulk_tx = bulk["data"]["transactionId"]
+    await record("GET", "/v2/orders/{transactionId}", f"/v2/orders/{bulk_tx}")
+    await record("GET", "/v2/orders/{transactionId}/codes", f"/v2/orders/{bulk_tx}/codes")
     await record("GET", "/v2/balances", "/v2/balances")
     await record("GET", "/v2/products", "/v2/products")
     await record("GET", "/v2/exchange-rates", "/v2/exchange-rates")
@@ -184,6 +192,10 @@ async def test_openapi_documents_the_idempotency_key_where_it_is_taken(http):
         if any(p["in"] == "header" and p["name"] == "Idempotency-Key"
                for p in operation["parameters"])
     }  # fmt: skip
-    assert keyed == {("/v2/orders/instant", "post"), ("/v2/orders/{transactionId}/cancel", "post")}
+    assert keyed == {
+        ("/v2/orders/instant", "post"),
+        ("/v2/orders", "post"),
+        ("/v2/orders/{transactionId}/cancel", "post"),
+    }
     body = document["components"]["schemas"]["CreateInstantOrderRequest"]
     assert "requestId" not in body["properties"]  # the header, not the body, carries it

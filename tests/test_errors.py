@@ -20,6 +20,7 @@ DETAILS = {
     "budget": "orders",
     "retryAfterSeconds": "1",
     "status": "COMPLETED",
+    "currencies": "EUR, USD",
 }
 
 

@@ -184,12 +184,12 @@ async def test_an_order_cancelled_meanwhile_is_not_completed_from_a_stale_read(
     first delivers from its stale list: the cancelled order must not get a code."""
     acme = accounts["acme"]
     (waiting,) = await place_waiting(api, acme, 2)
-    stale = await store.waiting_orders([SKU], limit=10)
+    stale = await store.waiting_units([SKU], limit=10)
     await restock(store, "PLAY-0002")
 
     cancelled = await store.cancel_overdue(utc_now() + timedelta(seconds=1), utc_now(), 10)
-    assert cancelled == [stale[0].transaction_id]
-    assert await store.complete_from_stock(stale, utc_now()) == []
+    assert cancelled == [waiting]
+    assert await store.complete_from_stock(stale, utc_now(), max_units=10) == []
 
     assert await code_of(api, acme, waiting) is None
     assert_fulfillment_consistent(database)

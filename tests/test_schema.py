@@ -9,19 +9,55 @@ from datetime import timedelta
 import pytest
 
 from server.domain.errors import ApiError
-from server.domain.models import InstantOrderRequest
+from server.domain.models import CodesFilter, InstantOrderRequest
 from server.domain.money import MAX_BALANCE_MINOR
 from server.domain.service import InstantOrdersService
 from server.settings import is_postgres
 from server.store.schema import ROUTINES, SCHEMA_VERSION
 from tests.databases import one, query
-from tests.helpers import open_store, signing_key
+from tests.helpers import assert_fulfillment_consistent, open_store, signing_key
 
 STEAM = "8PX-UF-Y5U"
 
 
+def make_it_version_7(database: str) -> None:
+    """Schema version 7: no bulk orders (no order lines, kinds, refunds, tiers), and
+    a code's order alone unique (no stockId)."""
+    for statement in (
+        "DROP INDEX waiting_lines",
+        "DROP TABLE order_lines",
+        "DROP INDEX waiting_orders",
+        "CREATE INDEX waiting_orders ON orders (sku, id) WHERE status = 'PROCESSING'",
+        "ALTER TABLE orders DROP COLUMN kind",
+        "ALTER TABLE orders DROP COLUMN refunded_minor",
+        "ALTER TABLE products DROP COLUMN price_tiers",
+        "DROP INDEX codes_by_key",
+    ):
+        query(database, statement)
+    if is_postgres(database):
+        query(database, "ALTER TABLE codes DROP CONSTRAINT codes_one_per_unit")
+        query(database, "ALTER TABLE codes DROP COLUMN stock_id")
+        query(database, "ALTER TABLE codes ADD CONSTRAINT codes_order_key UNIQUE (order_id)")
+        query(database, "UPDATE schema_version SET version = 7")
+        return
+    for statement in (
+        "CREATE TABLE old_codes (id INTEGER PRIMARY KEY, sku TEXT NOT NULL REFERENCES"
+        " products(sku), fingerprint BLOB NOT NULL, redeem_code BLOB NOT NULL, pin_code BLOB,"
+        " key_id INTEGER NOT NULL, order_id INTEGER UNIQUE REFERENCES orders(id),"
+        " added_at_us INTEGER NOT NULL, UNIQUE (sku, fingerprint))",
+        "INSERT INTO old_codes SELECT id, sku, fingerprint, redeem_code, pin_code, key_id,"
+        " order_id, added_at_us FROM codes",
+        "DROP TABLE codes",
+        "ALTER TABLE old_codes RENAME TO codes",
+        "CREATE INDEX unsold_codes ON codes (sku, id) WHERE order_id IS NULL",
+        "PRAGMA user_version = 7",
+    ):
+        query(database, statement)
+
+
 def make_it_version_6(database: str) -> None:
     """Schema version 6: no client_request_id in the audit, no maximum on balances."""
+    make_it_version_7(database)
     query(database, "ALTER TABLE audit DROP COLUMN client_request_id")
     if is_postgres(database):
         query(database, "ALTER TABLE balances DROP CONSTRAINT balances_at_most_max")
@@ -88,6 +124,38 @@ async def test_a_database_of_the_previous_release_opens_and_keeps_its_orders_exa
     assert one(database, "SELECT count(*) FROM client_order_numbers") == 2
 
 
+async def test_version_7_keeps_its_orders_and_codes_and_gains_bulk_orders(
+    api, database, accounts, store
+):
+    """Step 8 numbers each sold code's unit (stockId 1 of its instant order) where the
+    order alone was unique (a rebuilt table on SQLite), and records the refund of
+    every order cancelled before: codes still open, money still adds up."""
+    acme = accounts["acme"]
+    sold = (await api.call("CreateInstantOrder", {"sku": STEAM}, acme)).expect_ok()
+    await api.call("CreateInstantOrder", {"sku": STEAM}, acme)  # the second code
+    waiting = (await api.call("CreateInstantOrder", {"sku": STEAM}, acme)).expect_ok()
+    (await api.call("CancelOrder", {"transactionId": waiting["transactionId"]}, acme)).expect_ok()
+    before = await api.call("GetCodes", {"transactionId": sold["transactionId"]}, acme)
+    await store.close()
+    make_it_version_7(database)
+
+    reopened = await open_store(database)
+    try:
+        assert reopened.found_schema_version == 7
+        migrated = InstantOrdersService(reopened, signing_key(database), timedelta(hours=1))
+        caller = await migrated.authenticate(acme.api_key, f"Bearer {acme.token}", "")
+        codes = await migrated.get_codes(caller, sold["transactionId"], CodesFilter())
+        cancelled = await migrated.get_order(caller, waiting["transactionId"])
+    finally:
+        await reopened.close()
+    (unit,) = codes[0].codes
+    assert (unit.stock_id, unit.redeem_code) == (1, before.expect_ok()[0]["codes"][0]["redeemCode"])
+    assert cancelled.refunded_minor == cancelled.unit_price.minor > 0
+    units = query(database, "SELECT stock_id FROM codes WHERE order_id IS NOT NULL")
+    assert units == [(1,), (1,)]
+    assert_fulfillment_consistent(database)
+
+
 async def test_version_6_keeps_its_balances_and_audit_and_gains_their_bounds(
     database, service, accounts, store
 ):
@@ -103,7 +171,7 @@ async def test_version_6_keeps_its_balances_and_audit_and_gains_their_bounds(
     reopened = await open_store(database)
     try:
         assert reopened.found_schema_version == 6
-        assert reopened.schema_version == SCHEMA_VERSION == 7
+        assert reopened.schema_version == SCHEMA_VERSION
     finally:
         await reopened.close()
     assert query(database, "SELECT * FROM balances ORDER BY 1, 2") == balances

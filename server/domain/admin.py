@@ -10,7 +10,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from server.domain.auth import hash_secret, new_api_key, new_api_secret
-from server.domain.models import ExchangeRate, Product
+from server.domain.models import ExchangeRate, PriceTier, Product
 from server.domain.money import MAX_BALANCE_MINOR, Money, is_currency, parse_rate
 from server.domain.ports import (
     AccountBalance,
@@ -36,11 +36,12 @@ class CreatedAccount:
 
 _SECTIONS = {"accounts", "products", "codes", "rates"}
 _ACCOUNT_FIELDS = {"name", "balances"}
-_PRODUCT_REQUIRED = {"sku", "name", "brand", "currency", "price", "faceValue"}
+_PRODUCT_REQUIRED = {"sku", "name", "brand", "currency", "faceValue"}
 _PRODUCT_OPTIONAL = {
-    "instantDeliverySupported", "brandCategory", "brandSubCategory", "types", "format",
-    "country", "imageUrl", "descriptions", "instructions", "termConditions",
+    "price", "prices", "instantDeliverySupported", "brandCategory", "brandSubCategory",
+    "types", "format", "country", "imageUrl", "descriptions", "instructions", "termConditions",
 }  # fmt: skip
+_TIER_FIELDS = {"price", "fromQuantity", "toQuantity"}
 _CODE_FIELDS = {"sku", "redeemCode", "pinCode"}
 _RATE_FIELDS = {"pair", "rate", "asOfDate"}
 
@@ -152,11 +153,13 @@ def _product(item: Any, where: str) -> Product:
     fmt = fields.get("format", "D")
     if fmt not in ("D", "P"):
         raise InvalidInput(f"{where}.format must be D or P")
+    tiers = _tiers(fields, currency, where)
     return Product(
         sku=_text(fields, "sku", where),
         name=_text(fields, "name", where),
         brand=_text(fields, "brand", where),
-        price=_money(fields["price"], currency, f"{where}.price"),
+        price=tiers[0].price,
+        tiers=tiers if len(tiers) > 1 else (),
         face_value=_money(fields["faceValue"], currency, f"{where}.faceValue", allow_zero=True),
         instant_delivery_supported=_bool(fields.get("instantDeliverySupported", True), where),
         brand_category=_optional_text(fields, "brandCategory", where),
@@ -169,6 +172,46 @@ def _product(item: Any, where: str) -> Product:
         instructions=_texts(fields, "instructions", where),
         term_conditions=_texts(fields, "termConditions", where),
     )
+
+
+def _tiers(fields: Mapping[str, Any], currency: str, where: str) -> tuple[PriceTier, ...]:
+    """`price` (one tier from 1), or `prices`: tiers from quantity 1 up, in order,
+    each starting where the one before ends, the last without an end."""
+    if ("price" in fields) == ("prices" in fields):
+        raise InvalidInput(f"{where} must have price or prices (quantity tiers), not both")
+    if "price" in fields:
+        return (PriceTier(_money(fields["price"], currency, f"{where}.price")),)
+    items = _list(fields["prices"], f"{where}.prices")
+    if not items:
+        raise InvalidInput(f"{where}.prices must hold at least one tier")
+    tiers, expected_from = [], 1
+    for index, item in enumerate(items):
+        at = f"{where}.prices[{index}]"
+        tier_fields = _object(item, at, required={"price", "fromQuantity"}, optional=_TIER_FIELDS)
+        start = _quantity(tier_fields["fromQuantity"], f"{at}.fromQuantity")
+        end = tier_fields.get("toQuantity")
+        if start != expected_from:
+            where_from = "1" if index == 0 else f"{expected_from}, where the tier before ends"
+            raise InvalidInput(f"{at}.fromQuantity is {start}: it must be {where_from}")
+        if end is not None:
+            end = _quantity(end, f"{at}.toQuantity")
+            if end < start:
+                raise InvalidInput(f"{at}.toQuantity {end} is below its fromQuantity {start}")
+        elif index < len(items) - 1:
+            raise InvalidInput(f"{at} has no toQuantity but is not the last tier")
+        tiers.append(PriceTier(_money(tier_fields["price"], currency, f"{at}.price"), start, end))
+        expected_from = (end or 0) + 1
+    if tiers[-1].to_quantity is not None:
+        raise InvalidInput(
+            f"{where}.prices: the last tier must have no toQuantity (no upper bound)"
+        )
+    return tuple(tiers)
+
+
+def _quantity(value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidInput(f"{where} must be a whole number of 1 or more")
+    return value
 
 
 def _code(item: Any, where: str) -> NewCode:

@@ -56,6 +56,11 @@ class Reason(enum.Enum):
     INSTANT_DELIVERY_NOT_SUPPORTED = ErrorSpec(
         Code.FAILED_PRECONDITION, 422, "Product {sku} cannot be ordered for instant delivery."
     )
+    MIXED_PRODUCT_CURRENCIES = ErrorSpec(
+        Code.FAILED_PRECONDITION,
+        422,
+        "An order holds products of one currency; this one mixes {currencies}.",
+    )
     UNSUPPORTED_CURRENCY = ErrorSpec(
         Code.FAILED_PRECONDITION,
         422,

@@ -19,9 +19,8 @@ from typing import Protocol
 from server.domain.clock import StepGuardedClock
 from server.domain.errors import log_retried_failure
 from server.domain.idempotency import RETENTION
-from server.domain.models import Order
 from server.domain.observer import UNOBSERVED, Observer
-from server.domain.ports import Store
+from server.domain.ports import Store, WaitingUnits
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +30,9 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL_SECONDS = 0.2
 #: Orders completed or cancelled per database transaction.
 BATCH_SIZE = 500
+#: Codes handed out per transaction, per order of the batch: 10,000 by default,
+#: so that a pass is bounded however large the bulk orders that wait.
+UNITS_PER_BATCHED_ORDER = 20
 #: How often the fulfiller purges expired idempotency keys, and how many at most
 #: per transaction.
 HOUSEKEEPING_INTERVAL_SECONDS = 60.0
@@ -48,10 +50,13 @@ class CodeSource(Protocol):
         """The SKUs among `skus` it may be able to deliver a code for now."""
         ...
 
-    async def deliver(self, orders: Sequence[Order], now: datetime) -> list[str]:
-        """Completes the orders it can, in the order given, each atomically (its code
-        recorded and the order COMPLETED); returns their transaction ids. The others
-        stay PROCESSING."""
+    async def deliver(
+        self, waiting: Sequence[WaitingUnits], now: datetime, max_units: int
+    ) -> list[str]:
+        """Delivers what it can of the waiting units (`max_units` at most), in the order
+        given, atomically
+        (each code recorded with its unit; an order COMPLETED once no unit of it
+        waits); returns the transaction ids of the orders that changed. The rest wait."""
         ...
 
 
@@ -64,8 +69,10 @@ class InventorySource:
     async def available(self, skus: Collection[str]) -> set[str]:
         return await self._store.skus_in_stock(skus)
 
-    async def deliver(self, orders: Sequence[Order], now: datetime) -> list[str]:
-        return await self._store.complete_from_stock(orders, now)
+    async def deliver(
+        self, waiting: Sequence[WaitingUnits], now: datetime, max_units: int
+    ) -> list[str]:
+        return await self._store.complete_from_stock(waiting, now, max_units)
 
 
 class Fulfiller:
@@ -159,5 +166,6 @@ class Fulfiller:
         ready = await self._source.available(skus)
         if not ready:
             return []
-        waiting = await self._store.waiting_orders(sorted(ready), self._batch_size)
-        return await self._source.deliver(waiting, now)
+        waiting = await self._store.waiting_units(sorted(ready), self._batch_size)
+        max_units = self._batch_size * UNITS_PER_BATCHED_ORDER
+        return await self._source.deliver(waiting, now, max_units)

@@ -23,7 +23,7 @@ from datetime import timedelta
 from typing import Any
 
 from server.domain.errors import ApiError, Reason, invalid_request
-from server.domain.models import InstantOrderRequest, OrderStatus
+from server.domain.models import BulkOrderRequest, InstantOrderRequest, OrderStatus
 from server.domain.orders import Cancelled, OrderOutcome, Placed, Refused, refusal_of
 
 MAX_KEY_LENGTH = 255
@@ -95,7 +95,9 @@ def key_for(
     return IdempotencyKey(key, hashlib.sha256(document.encode()).hexdigest(), request_id, record_of)
 
 
-def order_record(request: InstantOrderRequest, outcome: OrderOutcome) -> KeyRecord:
+def order_record(
+    request: InstantOrderRequest | BulkOrderRequest, outcome: OrderOutcome
+) -> KeyRecord:
     """What an order request's key keeps: the order and its status, or the refusal."""
     if isinstance(outcome, Placed):
         return KeyRecord(outcome.order.transaction_id, outcome.order.status)

@@ -20,6 +20,20 @@ class OrderStatus(enum.Enum):
 
 
 @dataclass(frozen=True)
+class PriceTier:
+    """The unit price from `from_quantity` units up to `to_quantity` (None: no upper bound)."""
+
+    price: Money
+    from_quantity: int = 1
+    to_quantity: int | None = None
+
+    def covers(self, quantity: int) -> bool:
+        return self.from_quantity <= quantity and (
+            self.to_quantity is None or quantity <= self.to_quantity
+        )
+
+
+@dataclass(frozen=True)
 class Product:
     sku: str
     name: str
@@ -36,10 +50,20 @@ class Product:
     descriptions: tuple[str, ...] = ()
     instructions: tuple[str, ...] = ()
     term_conditions: tuple[str, ...] = ()
+    #: The quantity tiers, from 1 up without gap or overlap; none: `price` from 1.
+    tiers: tuple[PriceTier, ...] = ()
 
     @property
     def currency(self) -> str:
         return self.price.currency
+
+    @property
+    def price_tiers(self) -> tuple[PriceTier, ...]:
+        return self.tiers or (PriceTier(self.price),)
+
+    def unit_price(self, quantity: int) -> Money:
+        """The unit price of `quantity` units: the tier that covers it."""
+        return next(tier.price for tier in self.price_tiers if tier.covers(quantity))
 
     @property
     def percentage_off_face_value(self) -> Decimal:
@@ -86,9 +110,52 @@ FIRST_UNIT = 1
 
 
 @dataclass(frozen=True)
+class OrderLine:
+    """A bulk order's product line. Its units are stockIds `first_stock_id` on, delivered
+    in that order: the first `delivered` have codes, the last `cancelled` were
+    cancelled (refunded at the unit price), those between wait."""
+
+    sku: str
+    quantity: int
+    unit_price: Money
+    unit_price_original: Money
+    first_stock_id: int
+    delivered: int = 0
+    cancelled: int = 0
+
+    @property
+    def total_price(self) -> Money:
+        return self.unit_price.times(self.quantity)
+
+    @property
+    def waiting(self) -> int:
+        return self.quantity - self.delivered - self.cancelled
+
+    @property
+    def status(self) -> OrderStatus:
+        """COMPLETED once no unit waits and one was delivered; CANCELLED if all were cancelled."""
+        if self.waiting:
+            return OrderStatus.PROCESSING
+        return OrderStatus.CANCELLED if self.cancelled == self.quantity else OrderStatus.COMPLETED
+
+    def unit_status(self, stock_id: int) -> OrderStatus:
+        position = stock_id - self.first_stock_id
+        if position < self.delivered:
+            return OrderStatus.COMPLETED
+        if position < self.delivered + self.waiting:
+            return OrderStatus.PROCESSING
+        return OrderStatus.CANCELLED
+
+    @property
+    def stock_ids(self) -> range:
+        return range(self.first_stock_id, self.first_stock_id + self.quantity)
+
+
+@dataclass(frozen=True)
 class Order:
-    """An instant order: one unit of one product, stockId FIRST_UNIT from
-    PROCESSING to COMPLETED; `code` is set once it is fulfilled.
+    """An instant order (one unit of one product, stockId FIRST_UNIT from
+    PROCESSING to COMPLETED; `code` is set once it is fulfilled), or a bulk order:
+    its `lines`, whose units the fulfiller delivers as stock allows.
 
     `id` is the store's number of the order, never shown to a client: it counts
     every customer's orders.
@@ -105,6 +172,14 @@ class Order:
     created_at: datetime
     code: DeliveredCode | None = None
     quantity: int = 1
+    #: A bulk order's lines; none for an instant order.
+    lines: tuple[OrderLine, ...] = ()
+    #: What its cancellation refunded, in the pay currency (zero if none).
+    refunded_minor: int = 0
+
+    @property
+    def is_bulk(self) -> bool:
+        return bool(self.lines)
 
     @property
     def pay_with_currency(self) -> str:
@@ -116,7 +191,15 @@ class Order:
 
     @property
     def grand_total(self) -> Money:
-        return self.total_price
+        if not self.lines:
+            return self.total_price
+        return Money.from_minor(
+            sum(line.total_price.minor for line in self.lines), self.pay_with_currency
+        )
+
+    @property
+    def refunded(self) -> Money:
+        return Money.from_minor(self.refunded_minor, self.pay_with_currency)
 
 
 @dataclass(frozen=True)
@@ -197,6 +280,20 @@ class InstantOrderRequest:
 
 
 @dataclass(frozen=True)
+class BulkLineRequest:
+    sku: str
+    quantity: int
+
+
+@dataclass(frozen=True)
+class BulkOrderRequest:
+    lines: tuple[BulkLineRequest, ...]
+    client_order_number: str = ""
+    dup_check: bool = False
+    pay_with_currency: str = ""
+
+
+@dataclass(frozen=True)
 class OrderFilter:
     transaction_id: str = ""
     client_order_number: str = ""
@@ -206,3 +303,6 @@ class OrderFilter:
 class CodesFilter:
     sku: str = ""
     stock_ids: frozenset[int] = field(default_factory=frozenset)
+    #: Units after this stockId only, at most `limit` of them (0: the default page).
+    after_stock_id: int = 0
+    limit: int = 0

@@ -15,6 +15,7 @@ from datetime import datetime
 
 from server.domain.errors import ApiError, Reason
 from server.domain.models import (
+    BulkOrderRequest,
     Caller,
     ExchangeRate,
     FxConversion,
@@ -34,6 +35,14 @@ class NewOrder:
 
     caller: Caller
     request: InstantOrderRequest
+    transaction_id: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class NewBulkOrder:
+    caller: Caller
+    request: BulkOrderRequest
     transaction_id: str
     at: datetime
 
@@ -99,14 +108,14 @@ def decide_instant_order(request: InstantOrderRequest, facts: OrderFacts) -> Ord
         return Refused(error)
 
 
-def placed_order(request: InstantOrderRequest, outcome: OrderOutcome) -> Order:
+def placed_order(request: InstantOrderRequest | BulkOrderRequest, outcome: OrderOutcome) -> Order:
     """The order a store placed, or the API error its outcome means."""
     if isinstance(outcome, Placed):
         return outcome.order
     raise refusal_of(request, outcome)
 
 
-def refusal_of(request: InstantOrderRequest, outcome: OrderOutcome) -> ApiError:
+def refusal_of(request: InstantOrderRequest | BulkOrderRequest, outcome: OrderOutcome) -> ApiError:
     """The API error of an outcome that placed no order."""
     match outcome:
         case DuplicateOf(transaction_id):
@@ -146,7 +155,7 @@ def _plan(request: InstantOrderRequest, facts: OrderFacts) -> OrderPlan:
     return plan
 
 
-def duplicate(request: InstantOrderRequest, holder: str) -> ApiError:
+def duplicate(request: InstantOrderRequest | BulkOrderRequest, holder: str) -> ApiError:
     return ApiError(
         Reason.CLIENT_ORDER_NUMBER_DUPLICATE,
         clientOrderNumber=request.client_order_number,

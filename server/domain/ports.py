@@ -15,10 +15,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from server.domain.bulk import BulkFacts, BulkPlan
 from server.domain.idempotency import IdempotencyKey, KeyInUse, Remembered
 from server.domain.models import (
     ApiCredentials,
     AuditRecord,
+    DeliveredCode,
     ExchangeRate,
     Order,
     OrderFilter,
@@ -30,6 +32,7 @@ from server.domain.orders import (
     Cancellation,
     Cancelled,
     CancelRequest,
+    NewBulkOrder,
     NewOrder,
     OrderFacts,
     OrderOutcome,
@@ -43,6 +46,17 @@ class NewCode:
     sku: str
     redeem_code: str
     pin_code: str | None
+
+
+@dataclass(frozen=True)
+class WaitingUnits:
+    """Units of one order waiting for codes of `sku`: an instant order's one (line
+    0), or the undelivered units of a bulk order's line."""
+
+    order_id: int
+    line: int
+    sku: str
+    units: int
 
 
 @dataclass(frozen=True)
@@ -103,6 +117,16 @@ class Store(Protocol):
         outcome is stored in the same transaction as the order."""
         ...
 
+    async def place_bulk_order(
+        self,
+        order: NewBulkOrder,
+        decide: Callable[[BulkFacts], BulkPlan | Refused],
+        key: IdempotencyKey | None = None,
+    ) -> OrderOutcome | Remembered | KeyInUse:
+        """As place_instant_order, for a bulk order: the grand total debited and the
+        order and its lines recorded, all PROCESSING, in one transaction."""
+        ...
+
     async def cancel_order(
         self,
         request: CancelRequest,
@@ -119,6 +143,10 @@ class Store(Protocol):
 
     async def get_order(self, account_id: int, transaction_id: str) -> Order | None: ...
 
+    async def unit_codes(self, order_id: int, stock_ids: Sequence[int]) -> dict[int, DeliveredCode]:
+        """The codes of the order's delivered units among `stock_ids`, by stockId."""
+        ...
+
     # --- fulfillment: orders waiting for a code ---------------------------------------
 
     async def wait_for_restock(self, max_seconds: float) -> None:
@@ -130,18 +158,21 @@ class Store(Protocol):
         """The SKUs that PROCESSING orders wait for."""
         ...
 
-    async def waiting_orders(self, skus: Collection[str], limit: int) -> list[Order]:
-        """The oldest PROCESSING orders for these SKUs, oldest first."""
+    async def waiting_units(self, skus: Collection[str], limit: int) -> list[WaitingUnits]:
+        """What waits for these SKUs, oldest order first, across both kinds of order."""
         ...
 
     async def skus_in_stock(self, skus: Collection[str]) -> set[str]:
         """The SKUs among `skus` with an unsold code in the local inventory."""
         ...
 
-    async def complete_from_stock(self, orders: Sequence[Order], now: datetime) -> list[str]:
-        """Gives each order, in turn, the oldest unsold code of its SKU; returns the
-        transaction ids of the orders completed. Each completion is atomic (code
-        reserved, order COMPLETED); an order no longer PROCESSING is skipped."""
+    async def complete_from_stock(
+        self, waiting: Sequence[WaitingUnits], now: datetime, max_units: int
+    ) -> list[str]:
+        """Gives the waiting units, in turn, the oldest unsold codes of their SKUs,
+        `max_units` codes at most (an instant order COMPLETED, a bulk order once
+        none of its units waits); returns the transaction ids of the orders that
+        changed. Atomic; what no longer waits is skipped."""
         ...
 
     async def cancel_overdue(
@@ -151,8 +182,9 @@ class Store(Protocol):
         with its refund in the same step; returns their transaction ids."""
         ...
 
-    async def finished_among(self, transaction_ids: Collection[str]) -> list[str]:
-        """The orders among `transaction_ids` that are no longer PROCESSING."""
+    async def progress_among(self, transaction_ids: Collection[str]) -> dict[str, str]:
+        """How far each order among `transaction_ids` has come, as a text that changes
+        whenever the order does: its status and its units delivered."""
         ...
 
     async def list_orders(

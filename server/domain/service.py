@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import secrets
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
@@ -16,6 +16,7 @@ from server.domain.auth import (
     TokenSigner,
     verify_secret,
 )
+from server.domain.bulk import check_lines, decide_bulk_order
 from server.domain.clock import utc_now
 from server.domain.errors import ApiError, Reason, invalid_request
 from server.domain.idempotency import (
@@ -33,12 +34,14 @@ from server.domain.models import (
     FIRST_UNIT,
     AuditEvent,
     AuditRecord,
+    BulkOrderRequest,
     Caller,
     CodesFilter,
     ExchangeRate,
     InstantOrderRequest,
     Order,
     OrderFilter,
+    OrderLine,
     OrderStatus,
     Page,
     Product,
@@ -47,6 +50,7 @@ from server.domain.money import Money, is_currency
 from server.domain.observer import UNOBSERVED, Observer
 from server.domain.orders import (
     CancelRequest,
+    NewBulkOrder,
     NewOrder,
     Refused,
     decide_cancellation,
@@ -61,6 +65,9 @@ MAX_CLIENT_ORDER_NUMBER_LENGTH = 128
 MAX_TRANSACTION_ID_LENGTH = 64
 MAX_CURRENCY_LENGTH = 16
 ORDERS_PAGE = (10, 100)  # (default, maximum) page size
+#: Units per GetCodes answer (default, maximum): a 10,000-unit order is read a
+#: page at a time (afterStockId), never whole into memory.
+CODES_PAGE = (1000, 1000)
 PRODUCTS_PAGE = (1000, 1000)
 
 
@@ -176,6 +183,35 @@ class InstantOrdersService:
         self._observer.order_answered("instant", placed.status.value.lower())
         return placed
 
+    async def create_bulk_order(
+        self, caller: Caller, request: BulkOrderRequest, idempotency_key: str = ""
+    ) -> Order:
+        """Debits the grand total and answers the order PROCESSING at once: the
+        fulfiller delivers its units as stock allows."""
+        check_lines(request)
+        for line in request.lines:
+            check_text("sku", line.sku, MAX_SKU_LENGTH, required=True)
+        check_text("clientOrderNumber", request.client_order_number, MAX_CLIENT_ORDER_NUMBER_LENGTH)
+        check_text("payWithCurrency", request.pay_with_currency, MAX_CURRENCY_LENGTH)
+        key = key_for(
+            idempotency_key, caller.known_request_id, partial(order_record, request),
+            "CreateBulkOrder", **dataclasses.asdict(request),
+        )  # fmt: skip
+        order = NewBulkOrder(caller, request, new_transaction_id(), self._clock())
+        outcome = await self._store.place_bulk_order(
+            order, partial(decide_bulk_order, request), key
+        )
+        if isinstance(outcome, Remembered | KeyInUse):
+            self._observer.order_answered("bulk", "replayed")
+            return await self._replayed(caller, key, outcome)
+        try:
+            placed = placed_order(request, outcome)
+        except ApiError as refusal:
+            self._observer.order_answered("bulk", refusal.reason.name)
+            raise
+        self._observer.order_answered("bulk", placed.status.value.lower())
+        return placed
+
     async def cancel_order(
         self, caller: Caller, transaction_id: str, idempotency_key: str = ""
     ) -> Order:
@@ -234,7 +270,7 @@ class InstantOrdersService:
                         Reason.UNAVAILABLE, detail="The server is stopping. Watch the order again."
                     )
                 latest = await self.get_order(caller, transaction_id)
-                if latest.status is not order.status:
+                if latest != order:  # a new status, or a bulk order's units delivered
                     order = latest
                     yield order
 
@@ -251,10 +287,57 @@ class InstantOrdersService:
     async def get_codes(
         self, caller: Caller, transaction_id: str, codes_filter: CodesFilter
     ) -> list[ProductCodes]:
+        """The order's units that match the filter, a page at most (the first
+        CODES_PAGE units after `after_stock_id`, in stockId order), each with its
+        code once delivered."""
+        if codes_filter.after_stock_id < 0:
+            raise invalid_request("afterStockId must be 0 or more.", "afterStockId")
+        _, limit = page_bounds(1, codes_filter.limit, *CODES_PAGE)
         order = await self.get_order(caller, transaction_id)
-        if codes_filter.sku and codes_filter.sku != order.sku:
-            return []
-        codes = [code for code in codes_of(order) if matches(code, codes_filter)]
+        if order.is_bulk:
+            products = await self._bulk_units(order, codes_filter, limit)
+        elif codes_filter.sku and codes_filter.sku != order.sku:
+            products = []
+        else:
+            codes = [code for code in codes_of(order) if matches(code, codes_filter)]
+            products = [ProductCodes(sku=order.sku, quantity=order.quantity, codes=codes)]
+        await self._record_revealed(caller, transaction_id, products)
+        return products
+
+    async def _bulk_units(
+        self, order: Order, codes_filter: CodesFilter, limit: int
+    ) -> list[ProductCodes]:
+        """A page of a bulk order's units, per line; only the page's codes are read."""
+        page: list[tuple[OrderLine, int]] = []
+        for line in order.lines:
+            if codes_filter.sku and codes_filter.sku != line.sku:
+                continue
+            start = max(line.first_stock_id, codes_filter.after_stock_id + 1)
+            for stock_id in range(start, line.stock_ids.stop):
+                if len(page) == limit:
+                    break
+                if not codes_filter.stock_ids or stock_id in codes_filter.stock_ids:
+                    page.append((line, stock_id))
+        delivered = [s for line, s in page if line.unit_status(s) is OrderStatus.COMPLETED]
+        codes = await self._store.unit_codes(order.id, delivered) if delivered else {}
+        products: dict[str, ProductCodes] = {}
+        for line, stock_id in page:
+            units = products.setdefault(line.sku, ProductCodes(line.sku, line.quantity, []))
+            code = codes.get(stock_id)
+            units.codes.append(
+                CodeView(
+                    stock_id,
+                    line.unit_status(stock_id),
+                    None if code is None else code.redeem_code,
+                    None if code is None else code.pin_code,
+                )
+            )
+        return list(products.values())
+
+    async def _record_revealed(
+        self, caller: Caller, transaction_id: str, products: list[ProductCodes]
+    ) -> None:
+        codes = [code for product in products for code in product.codes]
         if any(code.redeem_code is not None for code in codes):
             # Written before the codes leave: no code is revealed unrecorded.
             await self._store.record_audit(
@@ -265,11 +348,10 @@ class InstantOrdersService:
                     caller.api_key,
                     caller.request_id,
                     transaction_id,
-                    {"stockIds": ",".join(str(code.stock_id) for code in codes)},
+                    {"stockIds": _ranges(c.stock_id for c in codes if c.redeem_code is not None)},
                     caller.client_request_id,
                 )
             )
-        return [ProductCodes(sku=order.sku, quantity=order.quantity, codes=codes)]
 
     # --- catalogue, balances, rates -------------------------------------------------
 
@@ -310,6 +392,17 @@ def codes_of(order: Order) -> list[CodeView]:
     if order.code is None:
         return [CodeView(FIRST_UNIT, OrderStatus.PROCESSING)]
     return [CodeView(FIRST_UNIT, order.status, order.code.redeem_code, order.code.pin_code)]
+
+
+def _ranges(stock_ids: Iterable[int]) -> str:
+    """1,2,3,5 -> "1-3,5": a page of a thousand units stays a short audit row."""
+    spans: list[list[int]] = []
+    for stock_id in sorted(stock_ids):
+        if spans and stock_id == spans[-1][1] + 1:
+            spans[-1][1] = stock_id
+        else:
+            spans.append([stock_id, stock_id])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 def matches(code: CodeView, codes_filter: CodesFilter) -> bool:

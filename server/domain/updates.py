@@ -1,10 +1,12 @@
 """Telling the watchers of orders that their order changed.
 
-An instant order changes once: from PROCESSING to COMPLETED or CANCELLED. A
-change made in this process (by its fulfiller) wakes the watchers at once. A
-change made elsewhere (a separate worker, another replica) is found by one
-query per poll interval covering every watched order, and only while someone
-watches; a watcher that leaves costs nothing more.
+An instant order changes once: from PROCESSING to COMPLETED or CANCELLED; a
+bulk order also each time units of it are delivered. A change made in this
+process (by its fulfiller) wakes the watchers at once. A change made elsewhere
+(a separate worker, another replica) is found by one query per poll interval
+covering every watched order, and only while someone watches; a watcher that
+leaves costs nothing more. A wake that finds no change costs the watcher one
+read and sends nothing.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class OrderUpdates:
         self._watchers: dict[str, set[asyncio.Event]] = {}
         self._someone_watches = asyncio.Event()
         self._closed = False
+        #: Each watched order's progress at the last poll.
+        self._last_seen: dict[str, str] = {}
 
     @property
     def watcher_count(self) -> int:
@@ -62,6 +66,13 @@ class OrderUpdates:
             for changed in self._watchers.get(transaction_id, ()):
                 changed.set()
 
+    def _changed(self, progress: dict[str, str]) -> list[str]:
+        """The orders whose progress differs from the last poll's (or that are new to
+        the poll: a watcher may have read them before a change it did not see)."""
+        changed = [tx for tx, now in progress.items() if self._last_seen.get(tx) != now]
+        self._last_seen = progress
+        return changed
+
     def close(self) -> None:
         """Wakes every watcher for good: the process is stopping."""
         self._closed = True
@@ -77,6 +88,6 @@ class OrderUpdates:
                 await self._someone_watches.wait()
             await asyncio.sleep(self._poll_interval)
             try:
-                self.notify(await self._store.finished_among(list(self._watchers)))
+                self.notify(self._changed(await self._store.progress_among(list(self._watchers))))
             except Exception as error:
                 log_retried_failure(log, "polling watched orders failed", error)

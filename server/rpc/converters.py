@@ -16,6 +16,8 @@ from instantorders.v2 import (
 
 from server.domain.clock import micros
 from server.domain.models import (
+    BulkLineRequest,
+    BulkOrderRequest,
     CodesFilter,
     ExchangeRate,
     InstantOrderRequest,
@@ -44,12 +46,23 @@ def instant_order_request(message: orders_pb2.CreateInstantOrderRequest) -> Inst
     )
 
 
+def bulk_order_request(message: orders_pb2.CreateBulkOrderRequest) -> BulkOrderRequest:
+    return BulkOrderRequest(
+        lines=tuple(BulkLineRequest(line.sku, line.quantity) for line in message.products),
+        client_order_number=message.client_order_number,
+        dup_check=message.enable_client_order_number_dup_check,
+        pay_with_currency=message.pay_with_currency,
+    )
+
+
 def order_filter(message: orders_pb2.ListOrdersRequest) -> OrderFilter:
     return OrderFilter(message.transaction_id, message.client_order_number)
 
 
 def codes_filter(message: orders_pb2.GetCodesRequest) -> CodesFilter:
-    return CodesFilter(message.sku, frozenset(message.stock_ids))
+    return CodesFilter(
+        message.sku, frozenset(message.stock_ids), message.after_stock_id, message.limit
+    )
 
 
 def money(value: Money) -> money_pb2.Money:
@@ -64,7 +77,6 @@ def timestamp(moment: datetime) -> Timestamp:
 
 
 def order(value: Order) -> orders_pb2.Order:
-    converted = value.fx is not None
     message = orders_pb2.Order(
         transaction_id=value.transaction_id,
         client_order_number=value.client_order_number,
@@ -72,22 +84,39 @@ def order(value: Order) -> orders_pb2.Order:
         grand_total=money(value.grand_total),
         created_at=timestamp(value.created_at),
         status=_STATUS[value.status],
-        products=[
-            orders_pb2.OrderProduct(
-                sku=value.sku,
-                quantity=value.quantity,
-                unit_price_original=money(value.unit_price_original) if converted else None,
-                unit_price=money(value.unit_price),
-                total_price=money(value.total_price),
-                status=_STATUS[value.status],
-            )
-        ],
+        products=_lines(value) if value.is_bulk else [_instant_line(value)],
+        refunded_total=money(value.refunded) if value.refunded_minor else None,
     )
     if value.fx is not None:
         message.fx_summary.add(
             pair=value.fx.pair, rate=float(value.fx.rate), as_of_date=value.fx.as_of
         )
     return message
+
+
+def _instant_line(value: Order) -> orders_pb2.OrderProduct:
+    return orders_pb2.OrderProduct(
+        sku=value.sku,
+        quantity=value.quantity,
+        unit_price_original=money(value.unit_price_original) if value.fx else None,
+        unit_price=money(value.unit_price),
+        total_price=money(value.total_price),
+        status=_STATUS[value.status],
+    )
+
+
+def _lines(value: Order) -> list[orders_pb2.OrderProduct]:
+    return [
+        orders_pb2.OrderProduct(
+            sku=line.sku,
+            quantity=line.quantity,
+            unit_price_original=money(line.unit_price_original) if value.fx else None,
+            unit_price=money(line.unit_price),
+            total_price=money(line.total_price),
+            status=_STATUS[line.status],
+        )
+        for line in value.lines
+    ]
 
 
 def page_fields(page: Page[Any]) -> dict[str, int]:
@@ -139,7 +168,14 @@ def product(value: Product) -> catalog_pb2.Product:
         country=value.country,
         currency=value.currency,
         image_url=value.image_url,
-        prices=[catalog_pb2.Price(price=str(value.price.amount), from_quantity=1)],
+        prices=[
+            catalog_pb2.Price(
+                price=str(tier.price.amount),
+                from_quantity=tier.from_quantity,
+                to_quantity=tier.to_quantity,
+            )
+            for tier in value.price_tiers
+        ],
         face_value=str(value.face_value.amount),
         percentage_off_face_value=str(value.percentage_off_face_value),
         is_instant_delivery_supported=value.instant_delivery_supported,

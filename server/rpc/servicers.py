@@ -40,6 +40,14 @@ class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
         )
         return converters.order(order)
 
+    async def CreateBulkOrder(
+        self, request: orders_pb2.CreateBulkOrderRequest, context: Context
+    ) -> orders_pb2.Order:
+        order = await self._service.create_bulk_order(
+            current_caller(), converters.bulk_order_request(request), request.request_id
+        )
+        return converters.order(order)
+
     async def CancelOrder(
         self, request: orders_pb2.CancelOrderRequest, context: Context
     ) -> orders_pb2.Order:

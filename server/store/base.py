@@ -23,6 +23,7 @@ from server.domain.idempotency import IdempotencyKey, KeyInUse, Remembered
 from server.domain.models import (
     ApiCredentials,
     AuditRecord,
+    DeliveredCode,
     ExchangeRate,
     Order,
     OrderFilter,
@@ -34,11 +35,12 @@ from server.domain.orders import (
     Cancellation,
     Cancelled,
     CancelRequest,
+    NewBulkOrder,
     NewOrder,
     OrderOutcome,
     Refused,
 )
-from server.domain.ports import AccountBalance, Dataset, NewCode, StockLevel
+from server.domain.ports import AccountBalance, Dataset, NewCode, StockLevel, WaitingUnits
 from server.keys import CodeCipher
 from server.store import statements as sql
 from server.store import transactions
@@ -52,7 +54,7 @@ from server.store.rows import (
 )
 from server.store.schema import SCHEMA_VERSION
 from server.store.sql import Query, Unit
-from server.store.transactions import Decide, one
+from server.store.transactions import Decide, DecideBulk, one
 
 P = ParamSpec("P")
 #: Told how many more rows a long job has done (from the database's thread, on SQLite).
@@ -126,6 +128,11 @@ class SqlStore(ABC):
     ) -> OrderOutcome | Remembered | KeyInUse:
         return await self._write(transactions.place_instant_order, order, decide, self._cipher, key)
 
+    async def place_bulk_order(
+        self, order: NewBulkOrder, decide: DecideBulk, key: IdempotencyKey | None = None
+    ) -> OrderOutcome | Remembered | KeyInUse:
+        return await self._write(transactions.place_bulk_order, order, decide, key)
+
     async def cancel_order(
         self,
         request: CancelRequest,
@@ -139,6 +146,9 @@ class SqlStore(ABC):
 
     async def get_order(self, account_id: int, transaction_id: str) -> Order | None:
         return await self._read(transactions.get_order, account_id, transaction_id, self._cipher)
+
+    async def unit_codes(self, order_id: int, stock_ids: Sequence[int]) -> dict[int, DeliveredCode]:
+        return await self._read(transactions.unit_codes, order_id, stock_ids, self._cipher)
 
     async def list_orders(
         self, account_id: int, order_filter: OrderFilter, page: int, page_size: int
@@ -160,15 +170,16 @@ class SqlStore(ABC):
         skus: list[str] = await self._query(sql.WAITING_SKUS.column())
         return skus
 
-    async def waiting_orders(self, skus: Collection[str], limit: int) -> list[Order]:
-        return await self._read(transactions.waiting_orders, skus, limit, self._cipher)
+    async def waiting_units(self, skus: Collection[str], limit: int) -> list[WaitingUnits]:
+        return await self._read(transactions.waiting_units, skus, limit)
 
     async def skus_in_stock(self, skus: Collection[str]) -> set[str]:
         return set(await self._query(sql.SKUS_IN_STOCK.column(skus=list(skus))))
 
-    async def complete_from_stock(self, orders: Sequence[Order], now: datetime) -> list[str]:
-        order_ids = [order.id for order in orders]
-        return await self._write(transactions.complete_from_stock, order_ids, now)
+    async def complete_from_stock(
+        self, waiting: Sequence[WaitingUnits], now: datetime, max_units: int
+    ) -> list[str]:
+        return await self._write(transactions.complete_from_stock, waiting, now, max_units)
 
     async def cancel_overdue(
         self, created_before: datetime, now: datetime, limit: int
@@ -178,11 +189,9 @@ class SqlStore(ABC):
             return []
         return await self._write(transactions.cancel_overdue, created_before, now, limit)
 
-    async def finished_among(self, transaction_ids: Collection[str]) -> list[str]:
-        finished: list[str] = await self._query(
-            sql.FINISHED_AMONG.column(transaction_ids=list(transaction_ids))
-        )
-        return finished
+    async def progress_among(self, transaction_ids: Collection[str]) -> dict[str, str]:
+        rows = await self._query(sql.PROGRESS_AMONG.rows(transaction_ids=list(transaction_ids)))
+        return {row["transaction_id"]: f"{row['status']} {row['delivered']}" for row in rows}
 
     # --- catalogue, balances, rates, credentials ------------------------------------
 

@@ -22,7 +22,9 @@ from server.domain.models import (
     ExchangeRate,
     FxConversion,
     Order,
+    OrderLine,
     OrderStatus,
+    PriceTier,
     Product,
 )
 from server.domain.money import Money
@@ -66,11 +68,28 @@ def order_from_row(row: Row, cipher: CodeCipher) -> Order:
         if fx_rate is None
         else FxConversion(f"{original_currency}/{pay_currency}", Decimal(fx_rate), row["fx_as_of"]),
         created_at=from_micros(row["created_at_us"]),
+        refunded_minor=row["refunded_minor"],
         code=None
         if code_id is None
         else SealedCode(code_id, row["code_key_id"], row["redeem_code"], row["pin_code"]).opened(
             cipher
         ),
+    )
+
+
+def is_bulk(row: Row) -> bool:
+    return bool(row["kind"] == "BULK")
+
+
+def line_from_row(row: Row, pay_currency: str, original_currency: str) -> OrderLine:
+    return OrderLine(
+        sku=row["sku"],
+        quantity=row["quantity"],
+        unit_price=Money.from_minor(row["unit_price_minor"], pay_currency),
+        unit_price_original=Money.from_minor(row["unit_price_original_minor"], original_currency),
+        first_stock_id=row["first_stock_id"],
+        delivered=row["delivered"],
+        cancelled=row["cancelled"],
     )
 
 
@@ -84,6 +103,25 @@ def priced_product(row: Row) -> Product:
         price=Money.from_minor(row["price_minor"], currency),
         face_value=Money.from_minor(row["face_value_minor"], currency),
         instant_delivery_supported=bool(row["instant_delivery_supported"]),
+        tiers=tiers_from_text(row["price_tiers"], currency),
+    )
+
+
+def tiers_from_text(text: str | None, currency: str) -> tuple[PriceTier, ...]:
+    """products.price_tiers: JSON [[from, to or null, price_minor], ...]; NULL: none."""
+    if text is None:
+        return ()
+    return tuple(
+        PriceTier(Money.from_minor(minor, currency), start, end)
+        for start, end, minor in json.loads(text)
+    )
+
+
+def tiers_text(product: Product) -> str | None:
+    if not product.tiers:
+        return None
+    return json.dumps(
+        [[tier.from_quantity, tier.to_quantity, tier.price.minor] for tier in product.tiers]
     )
 
 
@@ -112,6 +150,7 @@ def product_params(product: Product) -> dict[str, Any]:
         "price_minor": product.price.minor,
         "face_value_minor": product.face_value.minor,
         "instant_delivery_supported": product.instant_delivery_supported,
+        "price_tiers": tiers_text(product),
         # The catalogue's descriptive fields, stored as one JSON text.
         "details": json.dumps(
             {

@@ -288,6 +288,88 @@ ALTER TABLE balances ADD CONSTRAINT balances_at_most_max
 """,
 )
 
+_BULK_ORDERS = """
+-- An order is INSTANT (one unit, described by the order row itself) or BULK
+-- (its lines below; the row's sku is its first line's, its unit prices 0).
+ALTER TABLE orders ADD COLUMN kind TEXT NOT NULL DEFAULT 'INSTANT'
+    CHECK (kind IN ('INSTANT', 'BULK'));
+-- What cancelling gave back: an instant order's price, a bulk order's units
+-- not delivered.
+ALTER TABLE orders ADD COLUMN refunded_minor {int} NOT NULL DEFAULT 0;
+UPDATE orders SET refunded_minor = unit_price_minor WHERE status = 'CANCELLED';
+
+-- A bulk order's product lines. Its units are numbered within the order
+-- (stockId first_stock_id .. first_stock_id + quantity - 1), delivered in that
+-- order: the first `delivered` have codes, the last `cancelled` were cancelled,
+-- those between wait.
+CREATE TABLE order_lines (
+    order_id                  {int} NOT NULL REFERENCES orders(id),
+    line                      {int} NOT NULL,
+    sku                       TEXT NOT NULL REFERENCES products(sku),
+    quantity                  {int} NOT NULL CHECK (quantity > 0),
+    first_stock_id            {int} NOT NULL,
+    unit_price_minor          {int} NOT NULL CHECK (unit_price_minor > 0),
+    unit_price_original_minor {int} NOT NULL,
+    delivered                 {int} NOT NULL DEFAULT 0,
+    cancelled                 {int} NOT NULL DEFAULT 0,
+    CHECK (delivered >= 0 AND cancelled >= 0 AND delivered + cancelled <= quantity),
+    PRIMARY KEY (order_id, line)
+) {without_rowid};
+-- The fulfiller's queue of lines, beside waiting_orders: only what waits.
+CREATE INDEX waiting_lines ON order_lines (sku, order_id) WHERE delivered + cancelled < quantity;
+-- Instant orders alone in the instant queues.
+DROP INDEX waiting_orders;
+CREATE INDEX waiting_orders ON orders (sku, id) WHERE status = 'PROCESSING' AND kind = 'INSTANT';
+
+-- A product's quantity tiers, JSON [[from, to or null, price_minor], ...] from
+-- quantity 1 up; NULL: one tier, price_minor from 1.
+ALTER TABLE products ADD COLUMN price_tiers TEXT;
+"""
+
+#: A code is sold to one unit of one order: (order_id, stock_id) is unique where
+#: order_id alone was (an instant order's one unit is stockId 1). key_id is
+#: indexed: opening checks one code per data key, and resealing finds the old ones.
+_CODES_PER_UNIT = Statement.differing(
+    sqlite="""
+CREATE TABLE codes_per_unit (
+    id            INTEGER PRIMARY KEY,
+    sku           TEXT NOT NULL REFERENCES products(sku),
+    fingerprint   BLOB NOT NULL,
+    redeem_code   BLOB NOT NULL,
+    pin_code      BLOB,
+    key_id        INTEGER NOT NULL,
+    order_id      INTEGER REFERENCES orders(id),
+    stock_id      INTEGER,
+    added_at_us   INTEGER NOT NULL,
+    UNIQUE (sku, fingerprint),
+    UNIQUE (order_id, stock_id)
+);
+INSERT INTO codes_per_unit (id, sku, fingerprint, redeem_code, pin_code, key_id, order_id,
+    stock_id, added_at_us)
+SELECT id, sku, fingerprint, redeem_code, pin_code, key_id, order_id,
+    CASE WHEN order_id IS NULL THEN NULL ELSE 1 END, added_at_us FROM codes;
+DROP TABLE codes;
+ALTER TABLE codes_per_unit RENAME TO codes;
+CREATE INDEX unsold_codes ON codes (sku, id) WHERE order_id IS NULL;
+CREATE INDEX codes_by_key ON codes (key_id, id);
+""",
+    postgres="""
+ALTER TABLE codes ADD COLUMN stock_id BIGINT;
+UPDATE codes SET stock_id = 1 WHERE order_id IS NOT NULL;
+DO $$
+DECLARE v_name text;
+BEGIN
+    SELECT c.conname INTO v_name FROM pg_constraint c
+    JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY(c.conkey)
+    WHERE c.conrelid = 'codes'::regclass AND c.contype = 'u' AND a.attname = 'order_id'
+      AND array_length(c.conkey, 1) = 1;
+    EXECUTE format('ALTER TABLE codes DROP CONSTRAINT %I', v_name);
+END $$;
+ALTER TABLE codes ADD CONSTRAINT codes_one_per_unit UNIQUE (order_id, stock_id);
+CREATE INDEX codes_by_key ON codes (key_id, id);
+""",
+)
+
 #: A step's pieces: DDL (with fragments), DDL per dialect, or a transaction.
 Piece = str | Statement | Callable[[CodeCipher], Unit[None]]
 MIGRATIONS: tuple[tuple[Piece, ...], ...] = (
@@ -298,6 +380,7 @@ MIGRATIONS: tuple[tuple[Piece, ...], ...] = (
     (_CLIENT_ORDER_NUMBERS,),
     (_IDEMPOTENCY_KEYS,),
     (_CLIENT_REQUEST_IDS, _MAX_BALANCE),
+    (_BULK_ORDERS, _CODES_PER_UNIT),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 #: PostgreSQL versions stored by an earlier numbering, and what they mean here.
@@ -383,6 +466,9 @@ def _place_instant_order() -> str:
         status="v_status",
         refusal="NULL",
     )
+    sell_code = plpgsql(
+        sql.SELL_CODE, order_id="v_order_id", stock_id=str(FIRST_UNIT), code_id="code_id"
+    )
     processing, completed_status = OrderStatus.PROCESSING.value, OrderStatus.COMPLETED.value
     return f"""
 CREATE FUNCTION place_instant_order(
@@ -437,7 +523,7 @@ BEGIN
     {ledger};
     {created};
     IF code_id IS NOT NULL THEN
-        {plpgsql(sql.SELL_CODE, order_id="v_order_id", code_id="code_id")};
+        {sell_code};
         {completed};
     END IF;
     IF p_idempotency_key IS NOT NULL THEN

@@ -12,13 +12,14 @@ from server.store.sql import Statement
 
 # --- orders ------------------------------------------------------------------------
 
-#: An order with its code, if it has one: what `rows.order_from_row` reads.
+#: An order with its code, if it is an instant order that has one: what
+#: `rows.order_from_row` reads (a bulk order's lines are read by ORDER_LINES).
 _ORDER = """
     SELECT o.id, o.transaction_id, o.client_order_number, o.sku, o.status, o.pay_currency,
            o.unit_price_minor, o.original_currency, o.unit_price_original_minor, o.fx_rate,
-           o.fx_as_of, o.created_at_us, c.id AS code_id, c.key_id AS code_key_id,
-           c.redeem_code, c.pin_code
-    FROM orders o LEFT JOIN codes c ON c.order_id = o.id
+           o.fx_as_of, o.created_at_us, o.kind, o.refunded_minor, c.id AS code_id,
+           c.key_id AS code_key_id, c.redeem_code, c.pin_code
+    FROM orders o LEFT JOIN codes c ON c.order_id = o.id AND o.kind = 'INSTANT'
 """
 _OF_ACCOUNT = "WHERE o.transaction_id = :transaction_id AND o.account_id = :account_id"
 ORDER_BY_TRANSACTION_ID = Statement(_ORDER + _OF_ACCOUNT)
@@ -46,12 +47,26 @@ ORDERS_OF_ACCOUNT = {
     (True, True): _orders_of_account(_BY_TRANSACTION_ID, _BY_CLIENT_ORDER_NUMBER),
 }
 
+#: The lines of bulk orders, in order: what `rows.line_from_row` reads.
+ORDER_LINES = Statement(
+    "SELECT order_id, line, sku, quantity, first_stock_id, unit_price_minor,"
+    " unit_price_original_minor, delivered, cancelled FROM order_lines"
+    " WHERE order_id = ANY(:order_ids) ORDER BY order_id, line"
+)
+#: The codes of some units of an order (at most a page of stockIds).
+UNIT_CODES = Statement(
+    "SELECT stock_id, id, key_id, redeem_code, pin_code FROM codes"
+    " WHERE order_id = :order_id AND stock_id = ANY(:stock_ids) ORDER BY stock_id"
+)
+
 # --- placing an order --------------------------------------------------------------
 
-PRICED_PRODUCT = Statement(
+_PRICED_PRODUCT = (
     "SELECT sku, name, brand, currency, price_minor, face_value_minor,"
-    " instant_delivery_supported FROM products WHERE sku = :sku"
+    " instant_delivery_supported, price_tiers FROM products"
 )
+PRICED_PRODUCT = Statement(_PRICED_PRODUCT + " WHERE sku = :sku")
+PRICED_PRODUCTS = Statement(_PRICED_PRODUCT + " WHERE sku = ANY(:skus)")
 BALANCES = Statement("SELECT currency, amount_minor FROM balances WHERE account_id = :account_id")
 _RATES = "SELECT base, quote, rate, as_of, updated_at_us FROM rates"
 RATE = Statement(_RATES + " WHERE base = :base AND quote = :quote")
@@ -73,12 +88,16 @@ DEBIT = Statement(
     "UPDATE balances SET amount_minor = amount_minor - :amount_minor"
     " WHERE account_id = :account_id AND currency = :currency AND amount_minor >= :amount_minor"
 )
-#: The oldest unsold code for a new order, unless orders already wait for the
-#: SKU: they are served first, in order, and the new one queues behind them.
+#: The oldest unsold code for a new order, unless orders (instant, or bulk lines)
+#: already wait for the SKU: they are served first, in order, and the new one
+#: queues behind them.
 CODE_FOR_NEW_ORDER = Statement(
     "SELECT id, key_id, redeem_code, pin_code FROM codes {unsold_codes_index}"
     " WHERE sku = :sku AND order_id IS NULL AND NOT EXISTS"
-    " (SELECT 1 FROM orders w WHERE w.sku = :sku AND w.status = 'PROCESSING')"
+    " (SELECT 1 FROM orders w WHERE w.sku = :sku AND w.status = 'PROCESSING'"
+    "  AND w.kind = 'INSTANT')"
+    " AND NOT EXISTS (SELECT 1 FROM order_lines l"
+    "  WHERE l.sku = :sku AND l.delivered + l.cancelled < l.quantity)"
     " ORDER BY id LIMIT 1 {skip_locked}"
 )
 INSERT_ORDER = Statement(
@@ -90,7 +109,23 @@ INSERT_ORDER = Statement(
     " :fx_rate, :fx_as_of, :at)"
     " RETURNING id"
 )
-SELL_CODE = Statement("UPDATE codes SET order_id = :order_id WHERE id = :code_id")
+SELL_CODE = Statement(
+    "UPDATE codes SET order_id = :order_id, stock_id = :stock_id WHERE id = :code_id"
+)
+#: A bulk order: its row (the first line's SKU, prices on the lines), then its lines.
+INSERT_BULK_ORDER = Statement(
+    "INSERT INTO orders (transaction_id, account_id, client_order_number, sku, status,"
+    " pay_currency, unit_price_minor, original_currency, unit_price_original_minor,"
+    " fx_rate, fx_as_of, created_at_us, kind)"
+    " VALUES (:transaction_id, :account_id, :client_order_number, :sku, 'PROCESSING',"
+    " :pay_currency, 0, :original_currency, 0, :fx_rate, :fx_as_of, :at, 'BULK')"
+    " RETURNING id"
+)
+INSERT_ORDER_LINE = Statement(
+    "INSERT INTO order_lines (order_id, line, sku, quantity, first_stock_id, unit_price_minor,"
+    " unit_price_original_minor) VALUES (:order_id, :line, :sku, :quantity, :first_stock_id,"
+    " :unit_price_minor, :unit_price_original_minor)"
+)
 
 # PostgreSQL places an order in two round trips: these facts in one query
 # (SQLite reads them with the statements above, in its write transaction,
@@ -140,19 +175,59 @@ FORGET_KEYS = Statement(
 
 # --- fulfillment -------------------------------------------------------------------
 
-WAITING_SKUS = Statement("SELECT DISTINCT sku FROM orders WHERE status = 'PROCESSING'")
-WAITING_ORDERS = Statement(
-    _ORDER + "WHERE o.status = 'PROCESSING' AND o.sku = ANY(:skus) ORDER BY o.id LIMIT :limit"
+WAITING_SKUS = Statement(
+    "SELECT sku FROM orders WHERE status = 'PROCESSING' AND kind = 'INSTANT'"
+    " UNION SELECT sku FROM order_lines WHERE delivered + cancelled < quantity"
+)
+#: What waits for codes of the SKUs, oldest order first across both kinds: an
+#: instant order's one unit (line 0), a bulk line's units not yet delivered.
+WAITING_UNITS = Statement(
+    "SELECT id AS order_id, 0 AS line, sku, 1 AS units FROM orders"
+    " WHERE status = 'PROCESSING' AND kind = 'INSTANT' AND sku = ANY(:skus)"
+    " UNION ALL SELECT order_id, line, sku, quantity - delivered - cancelled AS units"
+    " FROM order_lines WHERE delivered + cancelled < quantity AND sku = ANY(:skus)"
+    " ORDER BY order_id, line LIMIT :limit"
 )
 SKUS_IN_STOCK = Statement(
     "SELECT sku FROM products WHERE sku = ANY(:skus) AND EXISTS"
     " (SELECT 1 FROM codes {unsold_codes_index}"
     "  WHERE codes.sku = products.sku AND codes.order_id IS NULL)"
 )
+#: Orders of both kinds, locked (skipping those another fulfiller or a
+#: cancellation holds). Whoever changes a bulk order's lines holds its order
+#: row first, so lines need no lock of their own and no two lock in turn.
 CLAIM_WAITING_ORDERS = Statement(
-    "SELECT id, sku FROM orders WHERE id = ANY(:ids) AND status = 'PROCESSING'"
+    "SELECT id, transaction_id, sku, kind FROM orders WHERE id = ANY(:ids)"
+    " AND status = 'PROCESSING'"
     " ORDER BY id {skip_locked}"
 )
+WAITING_LINES = Statement(
+    "SELECT order_id, line, sku, first_stock_id, delivered,"
+    " quantity - delivered - cancelled AS waiting FROM order_lines"
+    " WHERE order_id = ANY(:order_ids) AND delivered + cancelled < quantity"
+    " ORDER BY order_id, line"
+)
+DELIVER_TO_LINE = Statement(
+    "UPDATE order_lines SET delivered = delivered + :count"
+    " WHERE order_id = :order_id AND line = :line"
+)
+#: The bulk orders among :ids still PROCESSING whose units no longer wait.
+BULK_ORDERS_DONE = Statement(
+    "SELECT id FROM orders o WHERE o.id = ANY(:ids) AND o.status = 'PROCESSING'"
+    " AND NOT EXISTS (SELECT 1 FROM order_lines l"
+    "  WHERE l.order_id = o.id AND l.delivered + l.cancelled < l.quantity)"
+)
+#: Cancels the units that still wait; returns what each line gives back.
+CANCEL_WAITING_UNITS = Statement(
+    "UPDATE order_lines SET cancelled = quantity - delivered"
+    " WHERE order_id = ANY(:order_ids) AND delivered + cancelled < quantity"
+    " RETURNING order_id, cancelled * unit_price_minor AS refund_minor"
+)
+#: The bulk orders among :order_ids that had a unit delivered.
+DELIVERED_ANY = Statement(
+    "SELECT DISTINCT order_id FROM order_lines WHERE order_id = ANY(:order_ids) AND delivered > 0"
+)
+SET_REFUNDED = Statement("UPDATE orders SET refunded_minor = :refunded_minor WHERE id = :id")
 CLAIM_UNSOLD_CODES = Statement(
     "SELECT id FROM codes {unsold_codes_index} WHERE sku = :sku AND order_id IS NULL"
     " ORDER BY id LIMIT :count {skip_locked}"
@@ -161,19 +236,23 @@ ANY_OVERDUE = Statement(
     "SELECT 1 FROM orders WHERE status = 'PROCESSING' AND created_at_us < :before LIMIT 1"
 )
 CLAIM_OVERDUE_ORDERS = Statement(
-    "SELECT id FROM orders WHERE status = 'PROCESSING' AND created_at_us < :before"
+    "SELECT id, kind FROM orders WHERE status = 'PROCESSING' AND created_at_us < :before"
     " ORDER BY created_at_us LIMIT :limit {skip_locked}"
 )
 #: PROCESSING -> :status; an order no longer PROCESSING is left alone, which
 #: makes every step safe to repeat.
 FINISH_ORDERS = Statement(
-    "UPDATE orders SET status = :status, finished_at_us = :at"
+    "UPDATE orders SET status = :status, finished_at_us = :at,"
+    " refunded_minor = CASE WHEN :status = 'CANCELLED' AND kind = 'INSTANT'"
+    "  THEN unit_price_minor ELSE refunded_minor END"
     " WHERE id = ANY(:ids) AND status = 'PROCESSING'"
-    " RETURNING id, account_id, transaction_id, pay_currency, unit_price_minor"
+    " RETURNING id, account_id, transaction_id, pay_currency, unit_price_minor, kind"
 )
-FINISHED_AMONG = Statement(
-    "SELECT transaction_id FROM orders"
-    " WHERE transaction_id = ANY(:transaction_ids) AND status <> 'PROCESSING'"
+#: How far each order has come: its status and, for a bulk order, its units delivered.
+PROGRESS_AMONG = Statement(
+    "SELECT o.transaction_id, o.status, (SELECT CAST(coalesce(sum(l.delivered), 0) AS BIGINT)"
+    "  FROM order_lines l WHERE l.order_id = o.id) AS delivered"
+    " FROM orders o WHERE o.transaction_id = ANY(:transaction_ids)"
 )
 
 # --- money -------------------------------------------------------------------------
@@ -197,7 +276,7 @@ INSERT_LEDGER = Statement(
 
 _PRODUCT = (
     "SELECT sku, name, brand, currency, price_minor, face_value_minor,"
-    " instant_delivery_supported, details FROM products"
+    " instant_delivery_supported, price_tiers, details FROM products"
 )
 PRODUCTS = (
     Statement("SELECT count(*) FROM products"),
@@ -237,9 +316,14 @@ STOCK_LEVELS = Statement(
     "SELECT p.sku,"
     " (SELECT count(*) FROM codes c {unsold_codes_index}"
     "  WHERE c.sku = p.sku AND c.order_id IS NULL) AS unsold,"
-    " (SELECT count(*) FROM orders w WHERE w.sku = p.sku AND w.status = 'PROCESSING') AS waiting,"
-    " (SELECT min(w.created_at_us) FROM orders w"
-    "  WHERE w.sku = p.sku AND w.status = 'PROCESSING') AS oldest_waiting_us"
+    " (SELECT count(*) FROM orders w WHERE w.sku = p.sku AND w.status = 'PROCESSING'"
+    "  AND w.kind = 'INSTANT') + (SELECT CAST(coalesce(sum(l.quantity - l.delivered"
+    "  - l.cancelled), 0) AS BIGINT)"
+    "  FROM order_lines l WHERE l.sku = p.sku AND l.delivered + l.cancelled < l.quantity)"
+    "  AS waiting,"
+    " (SELECT min(w.created_at_us) FROM orders w WHERE w.status = 'PROCESSING' AND (w.sku = p.sku"
+    "  AND w.kind = 'INSTANT' OR w.id IN (SELECT l.order_id FROM order_lines l WHERE l.sku = p.sku"
+    "  AND l.delivered + l.cancelled < l.quantity))) AS oldest_waiting_us"
     " FROM products p ORDER BY p.sku"
 )
 ALL_BALANCES = Statement(
@@ -271,14 +355,14 @@ DISABLE_API_KEY = Statement(
 )
 UPSERT_PRODUCT = Statement(
     "INSERT INTO products (sku, name, brand, currency, price_minor, face_value_minor,"
-    " instant_delivery_supported, details)"
+    " instant_delivery_supported, price_tiers, details)"
     " VALUES (:sku, :name, :brand, :currency, :price_minor, :face_value_minor,"
-    " :instant_delivery_supported, :details)"
+    " :instant_delivery_supported, :price_tiers, :details)"
     " ON CONFLICT (sku) DO UPDATE SET name = excluded.name, brand = excluded.brand,"
     " currency = excluded.currency, price_minor = excluded.price_minor,"
     " face_value_minor = excluded.face_value_minor,"
     " instant_delivery_supported = excluded.instant_delivery_supported,"
-    " details = excluded.details"
+    " price_tiers = excluded.price_tiers, details = excluded.details"
 )
 UPSERT_RATE = Statement(
     "INSERT INTO rates (base, quote, rate, as_of, updated_at_us)"
@@ -307,12 +391,20 @@ RESEAL_CODE = Statement(
     "UPDATE codes SET redeem_code = :redeem_code, pin_code = :pin_code, key_id = :key_id"
     " WHERE id = :id"
 )
-#: The first code sealed with each data key: what opening checks the key file with
-#: (one scan of the codes, at start only).
-ONE_CODE_PER_KEY = Statement(
-    "SELECT id, sku, fingerprint, key_id, redeem_code FROM codes"
-    " WHERE id IN (SELECT min(id) FROM codes GROUP BY key_id)"
-)
+#: The first code sealed with each data key: what opening checks the key file with.
+#: A walk of the index codes_by_key, one probe per data key (a handful), not a
+#: scan of the codes: opening costs the same with ten codes or ten million.
+ONE_CODE_PER_KEY = Statement("""
+    WITH RECURSIVE data_keys(key_id) AS (
+        SELECT min(key_id) FROM codes
+        UNION ALL
+        SELECT (SELECT min(c.key_id) FROM codes c WHERE c.key_id > d.key_id)
+        FROM data_keys d WHERE d.key_id IS NOT NULL
+    )
+    SELECT id, sku, fingerprint, key_id, redeem_code FROM codes WHERE id IN (
+        SELECT (SELECT min(c.id) FROM codes c WHERE c.key_id = d.key_id)
+        FROM data_keys d WHERE d.key_id IS NOT NULL)
+""")
 
 
 def _name_each_statement() -> None:

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
-from itertools import groupby
+from itertools import groupby, islice
 from typing import Any
 
+from server.domain.bulk import BulkFacts, BulkPlan
+from server.domain.bulk import rate_pair as bulk_rate_pair
 from server.domain.clock import micros
 from server.domain.failures import DataConflict
 from server.domain.idempotency import IdempotencyKey, KeyInUse, KeyRecord, Remembered
@@ -26,11 +28,13 @@ from server.domain.models import (
     FIRST_UNIT,
     AuditEvent,
     AuditRecord,
+    BulkOrderRequest,
     Caller,
     DeliveredCode,
     InstantOrderRequest,
     LedgerKind,
     Order,
+    OrderLine,
     OrderStatus,
 )
 from server.domain.money import MAX_BALANCE_MINOR, Money
@@ -40,6 +44,7 @@ from server.domain.orders import (
     Cancelled,
     CancelRequest,
     DuplicateOf,
+    NewBulkOrder,
     NewOrder,
     OrderFacts,
     OrderOutcome,
@@ -48,13 +53,15 @@ from server.domain.orders import (
     Refused,
     rate_pair,
 )
-from server.domain.ports import Dataset, NewCode
+from server.domain.ports import Dataset, NewCode, WaitingUnits
 from server.keys import CodeCipher
 from server.store import statements as sql
 from server.store.rows import (
     SealedCode,
     audit_params,
     balances_from_rows,
+    is_bulk,
+    line_from_row,
     order_from_row,
     priced_product,
     product_params,
@@ -65,6 +72,7 @@ from server.store.rows import (
 from server.store.sql import Query, Rollback, Unit
 
 Decide = Callable[[OrderFacts], OrderPlan | Refused]
+DecideBulk = Callable[[BulkFacts], BulkPlan | Refused]
 
 
 def one(query: Query) -> Unit[Any]:
@@ -79,7 +87,39 @@ def get_order(account_id: int, transaction_id: str, cipher: CodeCipher) -> Unit[
     row = yield sql.ORDER_BY_TRANSACTION_ID.row(
         transaction_id=transaction_id, account_id=account_id
     )
-    return None if row is None else order_from_row(row, cipher)
+    if row is None:
+        return None
+    (order,) = yield from orders_from_rows([row], cipher)
+    return order
+
+
+def orders_from_rows(rows: Sequence[Any], cipher: CodeCipher) -> Unit[list[Order]]:
+    """The orders of _ORDER's rows, each bulk order with its lines (one more query)."""
+    orders = [order_from_row(row, cipher) for row in rows]
+    bulk_ids = [row["id"] for row in rows if is_bulk(row)]
+    if not bulk_ids:
+        return orders
+    line_rows = yield sql.ORDER_LINES.rows(order_ids=bulk_ids)
+    lines: dict[int, list[OrderLine]] = {}
+    by_id = {order.id: order for order in orders}
+    for line in line_rows:
+        order = by_id[line["order_id"]]
+        original_currency = order.unit_price_original.currency
+        lines.setdefault(order.id, []).append(
+            line_from_row(line, order.pay_with_currency, original_currency)
+        )
+    return [
+        replace(order, lines=tuple(lines[order.id]), sku="") if order.id in lines else order
+        for order in orders
+    ]
+
+
+def unit_codes(
+    order_id: int, stock_ids: Sequence[int], cipher: CodeCipher
+) -> Unit[dict[int, DeliveredCode]]:
+    """The codes of the order's units among `stock_ids` (a page), by stockId."""
+    rows = yield sql.UNIT_CODES.rows(order_id=order_id, stock_ids=list(stock_ids))
+    return {row["stock_id"]: SealedCode.from_row(row).opened(cipher) for row in rows}
 
 
 def place_instant_order(
@@ -102,6 +142,125 @@ def place_instant_order(
     if key is not None:
         yield from remember(account_id, key, key.record_of(outcome), new_order.at)
     return outcome
+
+
+def place_bulk_order(
+    new_order: NewBulkOrder, decide: DecideBulk, key: IdempotencyKey | None
+) -> Unit[OrderOutcome | Remembered | KeyInUse]:
+    """As place_instant_order: the facts, the rules' decision and its plan applied in
+    one transaction, with the key held and its answer stored."""
+    account_id = new_order.caller.account_id
+    if key is not None:
+        held = yield from claim_key(account_id, key)
+        if held is not None:
+            return held
+    facts = yield from bulk_facts(account_id, new_order.request)
+    decision = decide(facts)
+    if isinstance(decision, Refused):
+        outcome: OrderOutcome = decision
+    else:
+        outcome = yield from apply_bulk_plan(new_order, decision)
+    if key is not None:
+        yield from remember(account_id, key, key.record_of(outcome), new_order.at)
+    return outcome
+
+
+def bulk_facts(account_id: int, request: BulkOrderRequest) -> Unit[BulkFacts]:
+    skus = [line.sku for line in request.lines]
+    product_rows = yield sql.PRICED_PRODUCTS.rows(skus=skus)
+    products = {row["sku"]: priced_product(row) for row in product_rows}
+    balances = balances_from_rows((yield sql.BALANCES.rows(account_id=account_id)))
+    rates = {}
+    currencies = {product.currency for product in products.values()}
+    pair = bulk_rate_pair(request, currencies.pop() if len(currencies) == 1 else None)
+    if pair is not None:
+        rate_row = yield sql.RATE.row(base=pair[0], quote=pair[1])
+        if rate_row is not None:
+            rates[pair] = rate_from_row(rate_row)
+    holder = None
+    if request.client_order_number:
+        holder = yield sql.CLIENT_ORDER_NUMBER_HOLDER.value(
+            account_id=account_id, client_order_number=request.client_order_number
+        )
+    return BulkFacts(products, balances, rates, holder)
+
+
+def apply_bulk_plan(new_order: NewBulkOrder, plan: BulkPlan) -> Unit[OrderOutcome]:
+    """Claims the clientOrderNumber, debits the grand total and records the order, its
+    lines, the ledger row and the audit row. Its units wait for the fulfiller, behind
+    the orders that wait already: first come, first served."""
+    request, total = new_order.request, plan.grand_total
+    account_id = new_order.caller.account_id
+    number = {"account_id": account_id, "client_order_number": request.client_order_number}
+    if request.client_order_number:
+        claimed = yield sql.CLAIM_CLIENT_ORDER_NUMBER.value(
+            **number, transaction_id=new_order.transaction_id
+        )
+        if claimed is None and request.dup_check:
+            return DuplicateOf((yield sql.CLIENT_ORDER_NUMBER_HOLDER.value(**number)))
+    debited = yield sql.DEBIT.count(
+        account_id=account_id, currency=total.currency, amount_minor=total.minor
+    )
+    if not debited:
+        raise Rollback(BalanceSpent(total))
+    at = micros(new_order.at)
+    order_id = yield sql.INSERT_BULK_ORDER.value(
+        transaction_id=new_order.transaction_id,
+        account_id=account_id,
+        client_order_number=request.client_order_number,
+        sku=plan.lines[0].sku,
+        pay_currency=total.currency,
+        original_currency=plan.lines[0].unit_price_original.currency,
+        fx_rate=None if plan.fx is None else str(plan.fx.rate),
+        fx_as_of=None if plan.fx is None else plan.fx.as_of,
+        at=at,
+    )
+    yield sql.INSERT_ORDER_LINE.many(
+        {
+            "order_id": order_id,
+            "line": line_number,
+            "sku": line.sku,
+            "quantity": line.quantity,
+            "first_stock_id": line.first_stock_id,
+            "unit_price_minor": line.unit_price.minor,
+            "unit_price_original_minor": line.unit_price_original.minor,
+        }
+        for line_number, line in enumerate(plan.lines, start=1)
+    )
+    yield from ledger(account_id, -total, LedgerKind.ORDER, order_id, at)
+    yield from audit_order(
+        new_order,
+        AuditEvent.ORDER_CREATED,
+        skus=",".join(line.sku for line in plan.lines),
+        units=str(sum(line.quantity for line in plan.lines)),
+        status=OrderStatus.PROCESSING.value,
+    )
+    return Placed(bulk_as_placed(new_order, plan, order_id))
+
+
+def bulk_as_placed(new_order: NewBulkOrder, plan: BulkPlan, order_id: int) -> Order:
+    lines = tuple(
+        OrderLine(
+            line.sku,
+            line.quantity,
+            line.unit_price,
+            line.unit_price_original,
+            line.first_stock_id,
+        )
+        for line in plan.lines
+    )
+    return Order(
+        id=order_id,
+        transaction_id=new_order.transaction_id,
+        client_order_number=new_order.request.client_order_number,
+        sku="",
+        status=OrderStatus.PROCESSING,
+        unit_price=Money.from_minor(0, plan.grand_total.currency),
+        unit_price_original=Money.from_minor(0, plan.lines[0].unit_price_original.currency),
+        fx=plan.fx,
+        created_at=new_order.at,
+        lines=lines,
+    )
 
 
 def order_facts(account_id: int, request: InstantOrderRequest) -> Unit[OrderFacts]:
@@ -155,7 +314,7 @@ def apply_order_plan(
     code = None
     if code_row is not None:
         sealed = SealedCode.from_row(code_row)
-        yield sql.SELL_CODE.run(order_id=order_id, code_id=sealed.id)
+        yield sql.SELL_CODE.run(order_id=order_id, stock_id=FIRST_UNIT, code_id=sealed.id)
         yield from audit_order(new_order, AuditEvent.ORDER_COMPLETED, stockId=str(FIRST_UNIT))
         code = sealed.opened(cipher)
     return Placed(as_placed(new_order, plan, order_id, status, code))
@@ -180,7 +339,9 @@ def order_params(new_order: NewOrder, plan: OrderPlan, status: OrderStatus) -> d
     }
 
 
-def audit_order(new_order: NewOrder, event: AuditEvent, **details: str) -> Unit[None]:
+def audit_order(
+    new_order: NewOrder | NewBulkOrder, event: AuditEvent, **details: str
+) -> Unit[None]:
     """The audit row of an order's step, on behalf of its caller (audit_params's
     columns, made here directly: this runs twice per order)."""
     caller = new_order.caller
@@ -235,42 +396,110 @@ def orders_page(
     }
     total = yield count.value(**where)
     rows = yield page.rows(**where, limit=limit, offset=offset)
-    return [order_from_row(row, cipher) for row in rows], total
+    return (yield from orders_from_rows(rows, cipher)), total
 
 
 # --- fulfillment -------------------------------------------------------------------
 
 
-def waiting_orders(skus: Collection[str], limit: int, cipher: CodeCipher) -> Unit[list[Order]]:
-    rows = yield sql.WAITING_ORDERS.rows(skus=list(skus), limit=limit)
-    return [order_from_row(row, cipher) for row in rows]
+def waiting_units(skus: Collection[str], limit: int) -> Unit[list[WaitingUnits]]:
+    rows = yield sql.WAITING_UNITS.rows(skus=list(skus), limit=limit)
+    return [WaitingUnits(row["order_id"], row["line"], row["sku"], row["units"]) for row in rows]
 
 
-def complete_from_stock(order_ids: Sequence[int], now: datetime) -> Unit[list[str]]:
-    """Claims the orders still PROCESSING and the oldest unsold codes of their SKUs
-    (on PostgreSQL skipping rows another fulfiller holds), pairs them oldest with
-    oldest, and completes the pairs; returns the transaction ids completed."""
-    claimed = yield sql.CLAIM_WAITING_ORDERS.rows(ids=list(order_ids))
-    pairs: list[tuple[int, int]] = []  # (order, code)
-    by_sku = sorted(claimed, key=lambda row: row["sku"])  # stable: oldest first per SKU
-    for sku, group in groupby(by_sku, key=lambda row: row["sku"]):
-        order_ids = [row["id"] for row in group]
-        code_ids = yield sql.CLAIM_UNSOLD_CODES.column(sku=sku, count=len(order_ids))
-        pairs += zip(order_ids, code_ids, strict=False)
-    if not pairs:
+@dataclass(frozen=True)
+class _Claimed:
+    """Units claimed for delivery: an instant order's one (line 0), a bulk line's rest."""
+
+    order_id: int
+    transaction_id: str
+    line: int
+    sku: str
+    units: int
+    next_stock_id: int
+
+
+def complete_from_stock(
+    waiting: Sequence[WaitingUnits], now: datetime, max_units: int
+) -> Unit[list[str]]:
+    """Claims what still waits of `waiting` (on PostgreSQL skipping rows another
+    fulfiller holds) and the oldest unsold codes of its SKUs, and hands them out
+    oldest order first: an instant order its one code (COMPLETED), a bulk line as
+    many as there are, in stockId order; a bulk order none of whose units waits any
+    more is COMPLETED. Returns the transaction ids of the orders that changed."""
+    claimed = yield from _claim_waiting(waiting)
+    transaction_ids = {entry.order_id: entry.transaction_id for entry in claimed}
+    sold: list[dict[str, int]] = []
+    delivered: list[dict[str, int]] = []
+    completed: list[int] = []
+    for sku, group in groupby(sorted(claimed, key=lambda c: c.sku), key=lambda c: c.sku):
+        queue = list(group)  # oldest order first: sorted is stable
+        count = min(sum(c.units for c in queue), max_units - len(sold))
+        if count <= 0:
+            break
+        codes = iter((yield sql.CLAIM_UNSOLD_CODES.column(sku=sku, count=count)))
+        for entry in queue:
+            given = list(islice(codes, entry.units))
+            if not given:
+                break
+            sold += [
+                {"order_id": entry.order_id, "stock_id": entry.next_stock_id + n, "code_id": code}
+                for n, code in enumerate(given)
+            ]
+            if entry.line:
+                delivered.append(
+                    {"order_id": entry.order_id, "line": entry.line, "count": len(given)}
+                )
+            else:
+                completed.append(entry.order_id)
+    if not sold:
         return []
-    finished = yield from finish([order_id for order_id, _ in pairs], OrderStatus.COMPLETED, now)
-    yield sql.SELL_CODE.many({"order_id": order, "code_id": code} for order, code in pairs)
-    return [row["transaction_id"] for row in sorted(finished, key=lambda row: row["id"])]
+    yield sql.SELL_CODE.many(sold)
+    bulk_ids = sorted({entry["order_id"] for entry in delivered})
+    if delivered:
+        yield sql.DELIVER_TO_LINE.many(delivered)
+        completed += yield sql.BULK_ORDERS_DONE.column(ids=bulk_ids)
+    if completed:
+        yield from finish(completed, OrderStatus.COMPLETED, now)
+    return [transaction_ids[order_id] for order_id in sorted({*completed, *bulk_ids})]
+
+
+def _claim_waiting(waiting: Sequence[WaitingUnits]) -> Unit[list[_Claimed]]:
+    """What of `waiting` still waits, locked, oldest order first."""
+    orders = yield sql.CLAIM_WAITING_ORDERS.rows(ids=sorted({u.order_id for u in waiting}))
+    bulk_ids = [row["id"] for row in orders if row["kind"] == "BULK"]
+    lines = (yield sql.WAITING_LINES.rows(order_ids=bulk_ids)) if bulk_ids else []
+    wanted = {(unit.order_id, unit.line) for unit in waiting}
+    claimed = [
+        _Claimed(row["id"], row["transaction_id"], 0, row["sku"], 1, FIRST_UNIT)
+        for row in orders
+        if row["kind"] == "INSTANT"
+    ]
+    bulk_transaction_ids = {row["id"]: row["transaction_id"] for row in orders}
+    claimed += [
+        _Claimed(
+            row["order_id"],
+            bulk_transaction_ids[row["order_id"]],
+            row["line"],
+            row["sku"],
+            row["waiting"],
+            row["first_stock_id"] + row["delivered"],
+        )
+        for row in lines
+        if (row["order_id"], row["line"]) in wanted
+    ]
+    return sorted(claimed, key=lambda c: (c.order_id, c.line))
 
 
 def cancel_overdue(created_before: datetime, now: datetime, limit: int) -> Unit[list[str]]:
     """Cancels the oldest overdue PROCESSING orders, each with its refund; returns
     their transaction ids."""
-    overdue = yield sql.CLAIM_OVERDUE_ORDERS.column(before=micros(created_before), limit=limit)
-    if not overdue:
+    claimed = yield sql.CLAIM_OVERDUE_ORDERS.rows(before=micros(created_before), limit=limit)
+    if not claimed:
         return []
-    cancelled = yield from cancel_and_refund(overdue, now)
+    overdue = [row["id"] for row in claimed]
+    bulk = [row["id"] for row in claimed if row["kind"] == "BULK"]
+    cancelled = yield from cancel_and_refund(overdue, bulk, now)
     position = {order_id: index for index, order_id in enumerate(overdue)}
     return [row["transaction_id"] for row in sorted(cancelled, key=lambda r: position[r["id"]])]
 
@@ -291,15 +520,17 @@ def cancel_order(
     row = yield sql.ORDER_TO_CANCEL.row(
         transaction_id=request.transaction_id, account_id=account_id
     )
-    order = None if row is None else order_from_row(row, cipher)
+    order = None if row is None else order_from_row(row, cipher)  # its status is enough
     decision = decide(order)
     if isinstance(decision, Refused):
         outcome: Cancelled | Refused = decision
     else:
         assert order is not None  # the rules refuse a missing order
         if decision.refund:
-            yield from cancel_and_refund([order.id], request.at, by=request.caller)
-            order = replace(order, status=OrderStatus.CANCELLED)
+            bulk = [order.id] if is_bulk(row) else []
+            yield from cancel_and_refund([order.id], bulk, request.at, by=request.caller)
+            order = yield from get_order(account_id, request.transaction_id, cipher)
+            assert order is not None
         outcome = Cancelled(order, now=decision.refund)
     if key is not None:
         yield from remember(account_id, key, key.record_of(outcome), request.at)
@@ -307,16 +538,48 @@ def cancel_order(
 
 
 def cancel_and_refund(
-    order_ids: list[int], now: datetime, by: Caller | None = None
+    order_ids: list[int], bulk_ids: list[int], now: datetime, by: Caller | None = None
 ) -> Unit[list[Any]]:
-    """PROCESSING -> CANCELLED, each with its refund; returns the rows changed."""
-    cancelled = yield from finish(order_ids, OrderStatus.CANCELLED, now, by)
+    """Cancels what still waits of each order (locked by the caller; `bulk_ids` the
+    bulk ones) and refunds it: an instant order whole; a bulk order's units not
+    delivered, each at its line's unit price (the order then COMPLETED if a unit
+    was delivered, else CANCELLED). Returns the orders' rows."""
+    refunds, partly_delivered = yield from _cancel_waiting_units(bulk_ids)
+    cancelled = yield from finish(
+        [i for i in order_ids if i not in partly_delivered], OrderStatus.CANCELLED, now, by
+    )
+    completed = []
+    if partly_delivered:
+        completed = yield from finish(sorted(partly_delivered), OrderStatus.COMPLETED, now, by)
     at = micros(now)
+    finished = [*cancelled, *completed]
+    for row in finished:
+        if row["kind"] == "INSTANT":
+            refunds[row["id"]] = row["unit_price_minor"]
+    if bulk_ids:
+        yield sql.SET_REFUNDED.many(
+            {"id": row["id"], "refunded_minor": refunds[row["id"]]}
+            for row in finished
+            if row["kind"] == "BULK"
+        )
     # Balances are locked in one order by everyone, so refunds cannot deadlock.
-    for row in sorted(cancelled, key=lambda row: (row["account_id"], row["pay_currency"])):
-        refund = Money.from_minor(row["unit_price_minor"], row["pay_currency"])
-        yield from credit(row["account_id"], refund, at, LedgerKind.REFUND, row["id"])
-    return cancelled
+    for row in sorted(finished, key=lambda row: (row["account_id"], row["pay_currency"])):
+        refund = Money.from_minor(refunds.get(row["id"], 0), row["pay_currency"])
+        if refund.minor:
+            yield from credit(row["account_id"], refund, at, LedgerKind.REFUND, row["id"])
+    return finished
+
+
+def _cancel_waiting_units(bulk_ids: list[int]) -> Unit[tuple[dict[int, int], set[int]]]:
+    """Cancels the bulk orders' units that wait; (refund by order, the orders that had
+    a unit delivered)."""
+    refunds = dict.fromkeys(bulk_ids, 0)
+    if not bulk_ids:
+        return refunds, set()
+    for line in (yield sql.CANCEL_WAITING_UNITS.rows(order_ids=bulk_ids)):
+        refunds[line["order_id"]] += line["refund_minor"]
+    partly_delivered = set((yield sql.DELIVERED_ANY.column(order_ids=bulk_ids)))
+    return refunds, partly_delivered
 
 
 def finish(

@@ -29,7 +29,7 @@ from instantorders.v2 import money_pb2 as instantorders_dot_v2_dot_money__pb2
 from instantorders.v2 import options_pb2 as instantorders_dot_v2_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dinstantorders/v2/orders.proto\x12\x10instantorders.v2\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cinstantorders/v2/money.proto\x1a\x1einstantorders/v2/options.proto\"\xed\x01\n\x0cOrderProduct\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x34\n\x13unit_price_original\x18\x03 \x01(\x0b\x32\x17.instantorders.v2.Money\x12+\n\nunit_price\x18\x04 \x01(\x0b\x32\x17.instantorders.v2.Money\x12,\n\x0btotal_price\x18\x05 \x01(\x0b\x32\x17.instantorders.v2.Money\x12-\n\x06status\x18\x06 \x01(\x0e\x32\x1d.instantorders.v2.OrderStatus\"\xcb\x02\n\x05Order\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x1b\n\x13\x63lient_order_number\x18\x02 \x01(\t\x12\x19\n\x11pay_with_currency\x18\x03 \x01(\t\x12,\n\x0bgrand_total\x18\x04 \x01(\x0b\x32\x17.instantorders.v2.Money\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x06status\x18\x06 \x01(\x0e\x32\x1d.instantorders.v2.OrderStatus\x12\x30\n\x08products\x18\x07 \x03(\x0b\x32\x1e.instantorders.v2.OrderProduct\x12\x33\n\nfx_summary\x18\x08 \x03(\x0b\x32\x19.instantorders.v2.FxEntryB\x04\x88\xb5\x18\x01\"\xbd\x01\n\x19\x43reateInstantOrderRequest\x12\x1b\n\x13\x63lient_order_number\x18\x01 \x01(\t\x12,\n$enable_client_order_number_dup_check\x18\x02 \x01(\x08\x12\x11\n\x03sku\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x11pay_with_currency\x18\x04 \x01(\t\x12\'\n\nrequest_id\x18\x05 \x01(\tB\x13\xa2\xb5\x18\x0fIdempotency-Key\"/\n\x0fGetOrderRequest\x12\x1c\n\x0etransaction_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"e\n\x11ListOrdersRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x0c\n\x04page\x18\x02 \x01(\x05\x12\x16\n\x0etransaction_id\x18\x03 \x01(\t\x12\x1b\n\x13\x63lient_order_number\x18\x04 \x01(\t\"\x80\x01\n\x12ListOrdersResponse\x12\r\n\x05total\x18\x01 \x01(\x05\x12\x0c\n\x04page\x18\x02 \x01(\x05\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\ntotal_page\x18\x04 \x01(\x05\x12&\n\x05items\x18\x05 \x03(\x0b\x32\x17.instantorders.v2.Order\"\x95\x01\n\x04\x43ode\x12\x10\n\x08stock_id\x18\x01 \x01(\x05\x12-\n\x06status\x18\x02 \x01(\x0e\x32\x1d.instantorders.v2.OrderStatus\x12\x18\n\x0bredeem_code\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x15\n\x08pin_code\x18\x04 \x01(\tH\x01\x88\x01\x01\x42\x0e\n\x0c_redeem_codeB\x0b\n\t_pin_code\"T\n\x0cProductCodes\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12%\n\x05\x63odes\x18\x03 \x03(\x0b\x32\x16.instantorders.v2.Code\"O\n\x0fGetCodesRequest\x12\x1c\n\x0etransaction_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x11\n\tstock_ids\x18\x03 \x03(\x05\"D\n\x10GetCodesResponse\x12\x30\n\x08products\x18\x01 \x03(\x0b\x32\x1e.instantorders.v2.ProductCodes\"1\n\x11WatchOrderRequest\x12\x1c\n\x0etransaction_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"[\n\x12\x43\x61ncelOrderRequest\x12\x1c\n\x0etransaction_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\'\n\nrequest_id\x18\x02 \x01(\tB\x13\xa2\xb5\x18\x0fIdempotency-Key*Y\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x0e\n\nPROCESSING\x10\x01\x12\r\n\tCOMPLETED\x10\x02\x12\r\n\tCANCELLED\x10\x03\x32\xec\x05\n\rOrdersService\x12}\n\x12\x43reateInstantOrder\x12+.instantorders.v2.CreateInstantOrderRequest\x1a\x17.instantorders.v2.Order\"!\x98\xb5\x18\x01\x82\xd3\xe4\x93\x02\x17\"\x12/v2/orders/instant:\x01*\x12k\n\x08GetOrder\x12!.instantorders.v2.GetOrderRequest\x1a\x17.instantorders.v2.Order\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v2/orders/{transaction_id}\x12k\n\nListOrders\x12#.instantorders.v2.ListOrdersRequest\x1a$.instantorders.v2.ListOrdersResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v2/orders\x12\x86\x01\n\x08GetCodes\x12!.instantorders.v2.GetCodesRequest\x1a\".instantorders.v2.GetCodesResponse\"3\x82\xd3\xe4\x93\x02-\x12!/v2/orders/{transaction_id}/codesb\x08products\x12\x7f\n\x0b\x43\x61ncelOrder\x12$.instantorders.v2.CancelOrderRequest\x1a\x17.instantorders.v2.Order\"1\x98\xb5\x18\x01\x82\xd3\xe4\x93\x02\'\"\"/v2/orders/{transaction_id}/cancel:\x01*\x12x\n\nWatchOrder\x12#.instantorders.v2.WatchOrderRequest\x1a\x17.instantorders.v2.Order\"*\x82\xd3\xe4\x93\x02$\x12\"/v2/orders/{transaction_id}/events0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dinstantorders/v2/orders.proto\x12\x10instantorders.v2\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cinstantorders/v2/money.proto\x1a\x1einstantorders/v2/options.proto\"\xed\x01\n\x0cOrderProduct\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x34\n\x13unit_price_original\x18\x03 \x01(\x0b\x32\x17.instantorders.v2.Money\x12+\n\nunit_price\x18\x04 \x01(\x0b\x32\x17.instantorders.v2.Money\x12,\n\x0btotal_price\x18\x05 \x01(\x0b\x32\x17.instantorders.v2.Money\x12-\n\x06status\x18\x06 \x01(\x0e\x32\x1d.instantorders.v2.OrderStatus\"\xfc\x02\n\x05Order\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x1b\n\x13\x63lient_order_number\x18\x02 \x01(\t\x12\x19\n\x11pay_with_currency\x18\x03 \x01(\t\x12,\n\x0bgrand_total\x18\x04 \x01(\x0b\x32\x17.instantorders.v2.Money\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x06status\x18\x06 \x01(\x0e\x32\x1d.instantorders.v2.OrderStatus\x12\x30\n\x08products\x18\x07 \x03(\x0b\x32\x1e.instantorders.v2.OrderProduct\x12\x33\n\nfx_summary\x18\x08 \x03(\x0b\x32\x19.instantorders.v2.FxEntryB\x04\x88\xb5\x18\x01\x12/\n\x0erefunded_total\x18\t \x01(\x0b\x32\x17.instantorders.v2.Money\":\n\rBulkOrderLine\x12\x11\n\x03sku\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x08quantity\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x02\"\xe0\x01\n\x16\x43reateBulkOrderRequest\x12\x1b\n\x13\x63lient_order_number\x18\x01 \x01(\t\x12,\n$enable_client_order_number_dup_check\x18\x02 \x01(\x08\x12\x37\n\x08products\x18\x03 \x03(\x0b\x32\x1f.instantorders.v2.BulkOrderLineB\x04\xe2\x41\x01\x02\x12\x19\n\x11pay_with_currency\x18\x04 \x01(\t\x12\'\n\nrequest_id\x18\x05 \x01(\tB\x13\xa2\xb5\x18\x0fIdempotency-Key\"\xbd\x01\n\x19\x43reateInstantOrderRequest\x12\x1b\n\x13\x63lient_order_number\x18\x01 \x01(\t\x12,\n$enable_client_order_number_dup_check\x18\x02 \x01(\x08\x12\x11\n\x03sku\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x11pay_with_currency\x18\x04 \x01(\t\x12\'\n\nrequest_id\x18\x05 \x01(\tB\x13\xa2\xb5\x18\x0fIdempotency-Key\"/\n\x0fGetOrderRequest\x12\x1c\n\x0etransaction_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"e\n\x11ListOrdersRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x0c\n\x04page\x18\x02 \x01(\x05\x12\x16\n\x0etransaction_id\x18\x03 \x01(\t\x12\x1b\n\x13\x63lient_order_number\x18\x04 \x01(\t\"\x80\x01\n\x12ListOrdersResponse\x12\r\n\x05total\x18\x01 \x01(\x05\x12\x0c\n\x04page\x18\x02 \x01(\x05\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\ntotal_page\x18\x04 \x01(\x05\x12&\n\x05items\x18\x05 \x03(\x0b\x32\x17.instantorders.v2.Order\"\x95\x01\n\x04\x43ode\x12\x10\n\x08stock_id\x18\x01 \x01(\x05\x12-\n\x06status\x18\x02 \x01(\x0e\x32\x1d.instantorders.v2.OrderStatus\x12\x18\n\x0bredeem_code\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x15\n\x08pin_code\x18\x04 \x01(\tH\x01\x88\x01\x01\x42\x0e\n\x0c_redeem_codeB\x0b\n\t_pin_code\"T\n\x0cProductCodes\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12%\n\x05\x63odes\x18\x03 \x03(\x0b\x32\x16.instantorders.v2.Code\"v\n\x0fGetCodesRequest\x12\x1c\n\x0etransaction_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x11\n\tstock_ids\x18\x03 \x03(\x05\x12\x16\n\x0e\x61\x66ter_stock_id\x18\x04 \x01(\x05\x12\r\n\x05limit\x18\x05 \x01(\x05\"D\n\x10GetCodesResponse\x12\x30\n\x08products\x18\x01 \x03(\x0b\x32\x1e.instantorders.v2.ProductCodes\"1\n\x11WatchOrderRequest\x12\x1c\n\x0etransaction_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"[\n\x12\x43\x61ncelOrderRequest\x12\x1c\n\x0etransaction_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\'\n\nrequest_id\x18\x02 \x01(\tB\x13\xa2\xb5\x18\x0fIdempotency-Key*Y\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x0e\n\nPROCESSING\x10\x01\x12\r\n\tCOMPLETED\x10\x02\x12\r\n\tCANCELLED\x10\x03\x32\xdd\x06\n\rOrdersService\x12}\n\x12\x43reateInstantOrder\x12+.instantorders.v2.CreateInstantOrderRequest\x1a\x17.instantorders.v2.Order\"!\x98\xb5\x18\x01\x82\xd3\xe4\x93\x02\x17\"\x12/v2/orders/instant:\x01*\x12o\n\x0f\x43reateBulkOrder\x12(.instantorders.v2.CreateBulkOrderRequest\x1a\x17.instantorders.v2.Order\"\x19\x98\xb5\x18\x01\x82\xd3\xe4\x93\x02\x0f\"\n/v2/orders:\x01*\x12k\n\x08GetOrder\x12!.instantorders.v2.GetOrderRequest\x1a\x17.instantorders.v2.Order\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v2/orders/{transaction_id}\x12k\n\nListOrders\x12#.instantorders.v2.ListOrdersRequest\x1a$.instantorders.v2.ListOrdersResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v2/orders\x12\x86\x01\n\x08GetCodes\x12!.instantorders.v2.GetCodesRequest\x1a\".instantorders.v2.GetCodesResponse\"3\x82\xd3\xe4\x93\x02-\x12!/v2/orders/{transaction_id}/codesb\x08products\x12\x7f\n\x0b\x43\x61ncelOrder\x12$.instantorders.v2.CancelOrderRequest\x1a\x17.instantorders.v2.Order\"1\x98\xb5\x18\x01\x82\xd3\xe4\x93\x02\'\"\"/v2/orders/{transaction_id}/cancel:\x01*\x12x\n\nWatchOrder\x12#.instantorders.v2.WatchOrderRequest\x1a\x17.instantorders.v2.Order\"*\x82\xd3\xe4\x93\x02$\x12\"/v2/orders/{transaction_id}/events0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,6 +38,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ORDER'].fields_by_name['fx_summary']._loaded_options = None
   _globals['_ORDER'].fields_by_name['fx_summary']._serialized_options = b'\210\265\030\001'
+  _globals['_BULKORDERLINE'].fields_by_name['sku']._loaded_options = None
+  _globals['_BULKORDERLINE'].fields_by_name['sku']._serialized_options = b'\342A\001\002'
+  _globals['_BULKORDERLINE'].fields_by_name['quantity']._loaded_options = None
+  _globals['_BULKORDERLINE'].fields_by_name['quantity']._serialized_options = b'\342A\001\002'
+  _globals['_CREATEBULKORDERREQUEST'].fields_by_name['products']._loaded_options = None
+  _globals['_CREATEBULKORDERREQUEST'].fields_by_name['products']._serialized_options = b'\342A\001\002'
+  _globals['_CREATEBULKORDERREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_CREATEBULKORDERREQUEST'].fields_by_name['request_id']._serialized_options = b'\242\265\030\017Idempotency-Key'
   _globals['_CREATEINSTANTORDERREQUEST'].fields_by_name['sku']._loaded_options = None
   _globals['_CREATEINSTANTORDERREQUEST'].fields_by_name['sku']._serialized_options = b'\342A\001\002'
   _globals['_CREATEINSTANTORDERREQUEST'].fields_by_name['request_id']._loaded_options = None
@@ -54,6 +62,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CANCELORDERREQUEST'].fields_by_name['request_id']._serialized_options = b'\242\265\030\017Idempotency-Key'
   _globals['_ORDERSSERVICE'].methods_by_name['CreateInstantOrder']._loaded_options = None
   _globals['_ORDERSSERVICE'].methods_by_name['CreateInstantOrder']._serialized_options = b'\230\265\030\001\202\323\344\223\002\027\"\022/v2/orders/instant:\001*'
+  _globals['_ORDERSSERVICE'].methods_by_name['CreateBulkOrder']._loaded_options = None
+  _globals['_ORDERSSERVICE'].methods_by_name['CreateBulkOrder']._serialized_options = b'\230\265\030\001\202\323\344\223\002\017\"\n/v2/orders:\001*'
   _globals['_ORDERSSERVICE'].methods_by_name['GetOrder']._loaded_options = None
   _globals['_ORDERSSERVICE'].methods_by_name['GetOrder']._serialized_options = b'\202\323\344\223\002\035\022\033/v2/orders/{transaction_id}'
   _globals['_ORDERSSERVICE'].methods_by_name['ListOrders']._loaded_options = None
@@ -64,32 +74,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORDERSSERVICE'].methods_by_name['CancelOrder']._serialized_options = b'\230\265\030\001\202\323\344\223\002\'\"\"/v2/orders/{transaction_id}/cancel:\001*'
   _globals['_ORDERSSERVICE'].methods_by_name['WatchOrder']._loaded_options = None
   _globals['_ORDERSSERVICE'].methods_by_name['WatchOrder']._serialized_options = b'\202\323\344\223\002$\022\"/v2/orders/{transaction_id}/events'
-  _globals['_ORDERSTATUS']._serialized_start=1791
-  _globals['_ORDERSTATUS']._serialized_end=1880
+  _globals['_ORDERSTATUS']._serialized_start=2166
+  _globals['_ORDERSTATUS']._serialized_end=2255
   _globals['_ORDERPRODUCT']._serialized_start=210
   _globals['_ORDERPRODUCT']._serialized_end=447
   _globals['_ORDER']._serialized_start=450
-  _globals['_ORDER']._serialized_end=781
-  _globals['_CREATEINSTANTORDERREQUEST']._serialized_start=784
-  _globals['_CREATEINSTANTORDERREQUEST']._serialized_end=973
-  _globals['_GETORDERREQUEST']._serialized_start=975
-  _globals['_GETORDERREQUEST']._serialized_end=1022
-  _globals['_LISTORDERSREQUEST']._serialized_start=1024
-  _globals['_LISTORDERSREQUEST']._serialized_end=1125
-  _globals['_LISTORDERSRESPONSE']._serialized_start=1128
-  _globals['_LISTORDERSRESPONSE']._serialized_end=1256
-  _globals['_CODE']._serialized_start=1259
-  _globals['_CODE']._serialized_end=1408
-  _globals['_PRODUCTCODES']._serialized_start=1410
-  _globals['_PRODUCTCODES']._serialized_end=1494
-  _globals['_GETCODESREQUEST']._serialized_start=1496
-  _globals['_GETCODESREQUEST']._serialized_end=1575
-  _globals['_GETCODESRESPONSE']._serialized_start=1577
-  _globals['_GETCODESRESPONSE']._serialized_end=1645
-  _globals['_WATCHORDERREQUEST']._serialized_start=1647
-  _globals['_WATCHORDERREQUEST']._serialized_end=1696
-  _globals['_CANCELORDERREQUEST']._serialized_start=1698
-  _globals['_CANCELORDERREQUEST']._serialized_end=1789
-  _globals['_ORDERSSERVICE']._serialized_start=1883
-  _globals['_ORDERSSERVICE']._serialized_end=2631
+  _globals['_ORDER']._serialized_end=830
+  _globals['_BULKORDERLINE']._serialized_start=832
+  _globals['_BULKORDERLINE']._serialized_end=890
+  _globals['_CREATEBULKORDERREQUEST']._serialized_start=893
+  _globals['_CREATEBULKORDERREQUEST']._serialized_end=1117
+  _globals['_CREATEINSTANTORDERREQUEST']._serialized_start=1120
+  _globals['_CREATEINSTANTORDERREQUEST']._serialized_end=1309
+  _globals['_GETORDERREQUEST']._serialized_start=1311
+  _globals['_GETORDERREQUEST']._serialized_end=1358
+  _globals['_LISTORDERSREQUEST']._serialized_start=1360
+  _globals['_LISTORDERSREQUEST']._serialized_end=1461
+  _globals['_LISTORDERSRESPONSE']._serialized_start=1464
+  _globals['_LISTORDERSRESPONSE']._serialized_end=1592
+  _globals['_CODE']._serialized_start=1595
+  _globals['_CODE']._serialized_end=1744
+  _globals['_PRODUCTCODES']._serialized_start=1746
+  _globals['_PRODUCTCODES']._serialized_end=1830
+  _globals['_GETCODESREQUEST']._serialized_start=1832
+  _globals['_GETCODESREQUEST']._serialized_end=1950
+  _globals['_GETCODESRESPONSE']._serialized_start=1952
+  _globals['_GETCODESRESPONSE']._serialized_end=2020
+  _globals['_WATCHORDERREQUEST']._serialized_start=2022
+  _globals['_WATCHORDERREQUEST']._serialized_end=2071
+  _globals['_CANCELORDERREQUEST']._serialized_start=2073
+  _globals['_CANCELORDERREQUEST']._serialized_end=2164
+  _globals['_ORDERSSERVICE']._serialized_start=2258
+  _globals['_ORDERSSERVICE']._serialized_end=3119
 # @@protoc_insertion_point(module_scope)

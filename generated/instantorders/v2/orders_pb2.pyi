@@ -42,7 +42,7 @@ class OrderProduct(_message.Message):
     def __init__(self, sku: _Optional[str] = ..., quantity: _Optional[int] = ..., unit_price_original: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., unit_price: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., total_price: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., status: _Optional[_Union[OrderStatus, str]] = ...) -> None: ...
 
 class Order(_message.Message):
-    __slots__ = ("transaction_id", "client_order_number", "pay_with_currency", "grand_total", "created_at", "status", "products", "fx_summary")
+    __slots__ = ("transaction_id", "client_order_number", "pay_with_currency", "grand_total", "created_at", "status", "products", "fx_summary", "refunded_total")
     TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ORDER_NUMBER_FIELD_NUMBER: _ClassVar[int]
     PAY_WITH_CURRENCY_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,7 @@ class Order(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     PRODUCTS_FIELD_NUMBER: _ClassVar[int]
     FX_SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    REFUNDED_TOTAL_FIELD_NUMBER: _ClassVar[int]
     transaction_id: str
     client_order_number: str
     pay_with_currency: str
@@ -59,7 +60,30 @@ class Order(_message.Message):
     status: OrderStatus
     products: _containers.RepeatedCompositeFieldContainer[OrderProduct]
     fx_summary: _containers.RepeatedCompositeFieldContainer[_money_pb2.FxEntry]
-    def __init__(self, transaction_id: _Optional[str] = ..., client_order_number: _Optional[str] = ..., pay_with_currency: _Optional[str] = ..., grand_total: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[OrderStatus, str]] = ..., products: _Optional[_Iterable[_Union[OrderProduct, _Mapping]]] = ..., fx_summary: _Optional[_Iterable[_Union[_money_pb2.FxEntry, _Mapping]]] = ...) -> None: ...
+    refunded_total: _money_pb2.Money
+    def __init__(self, transaction_id: _Optional[str] = ..., client_order_number: _Optional[str] = ..., pay_with_currency: _Optional[str] = ..., grand_total: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[OrderStatus, str]] = ..., products: _Optional[_Iterable[_Union[OrderProduct, _Mapping]]] = ..., fx_summary: _Optional[_Iterable[_Union[_money_pb2.FxEntry, _Mapping]]] = ..., refunded_total: _Optional[_Union[_money_pb2.Money, _Mapping]] = ...) -> None: ...
+
+class BulkOrderLine(_message.Message):
+    __slots__ = ("sku", "quantity")
+    SKU_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    sku: str
+    quantity: int
+    def __init__(self, sku: _Optional[str] = ..., quantity: _Optional[int] = ...) -> None: ...
+
+class CreateBulkOrderRequest(_message.Message):
+    __slots__ = ("client_order_number", "enable_client_order_number_dup_check", "products", "pay_with_currency", "request_id")
+    CLIENT_ORDER_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    ENABLE_CLIENT_ORDER_NUMBER_DUP_CHECK_FIELD_NUMBER: _ClassVar[int]
+    PRODUCTS_FIELD_NUMBER: _ClassVar[int]
+    PAY_WITH_CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    client_order_number: str
+    enable_client_order_number_dup_check: bool
+    products: _containers.RepeatedCompositeFieldContainer[BulkOrderLine]
+    pay_with_currency: str
+    request_id: str
+    def __init__(self, client_order_number: _Optional[str] = ..., enable_client_order_number_dup_check: _Optional[bool] = ..., products: _Optional[_Iterable[_Union[BulkOrderLine, _Mapping]]] = ..., pay_with_currency: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class CreateInstantOrderRequest(_message.Message):
     __slots__ = ("client_order_number", "enable_client_order_number_dup_check", "sku", "pay_with_currency", "request_id")
@@ -130,14 +154,18 @@ class ProductCodes(_message.Message):
     def __init__(self, sku: _Optional[str] = ..., quantity: _Optional[int] = ..., codes: _Optional[_Iterable[_Union[Code, _Mapping]]] = ...) -> None: ...
 
 class GetCodesRequest(_message.Message):
-    __slots__ = ("transaction_id", "sku", "stock_ids")
+    __slots__ = ("transaction_id", "sku", "stock_ids", "after_stock_id", "limit")
     TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
     SKU_FIELD_NUMBER: _ClassVar[int]
     STOCK_IDS_FIELD_NUMBER: _ClassVar[int]
+    AFTER_STOCK_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
     transaction_id: str
     sku: str
     stock_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, transaction_id: _Optional[str] = ..., sku: _Optional[str] = ..., stock_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    after_stock_id: int
+    limit: int
+    def __init__(self, transaction_id: _Optional[str] = ..., sku: _Optional[str] = ..., stock_ids: _Optional[_Iterable[int]] = ..., after_stock_id: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class GetCodesResponse(_message.Message):
     __slots__ = ("products",)

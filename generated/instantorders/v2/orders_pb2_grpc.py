@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class OrdersServiceStub:
-    """Instant orders: place them, poll them, fetch their codes.
+    """Instant and bulk orders: place them, poll them, fetch their codes.
     """
 
     def __init__(self, channel):
@@ -38,6 +38,11 @@ class OrdersServiceStub:
         self.CreateInstantOrder = channel.unary_unary(
                 '/instantorders.v2.OrdersService/CreateInstantOrder',
                 request_serializer=instantorders_dot_v2_dot_orders__pb2.CreateInstantOrderRequest.SerializeToString,
+                response_deserializer=instantorders_dot_v2_dot_orders__pb2.Order.FromString,
+                _registered_method=True)
+        self.CreateBulkOrder = channel.unary_unary(
+                '/instantorders.v2.OrdersService/CreateBulkOrder',
+                request_serializer=instantorders_dot_v2_dot_orders__pb2.CreateBulkOrderRequest.SerializeToString,
                 response_deserializer=instantorders_dot_v2_dot_orders__pb2.Order.FromString,
                 _registered_method=True)
         self.GetOrder = channel.unary_unary(
@@ -68,13 +73,22 @@ class OrdersServiceStub:
 
 
 class OrdersServiceServicer:
-    """Instant orders: place them, poll them, fetch their codes.
+    """Instant and bulk orders: place them, poll them, fetch their codes.
     """
 
     def CreateInstantOrder(self, request, context):
         """Places an order for one unit of one product, charges the account and
         delivers a code from stock at once when there is one (COMPLETED), or
         later (PROCESSING).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateBulkOrder(self, request, context):
+        """Places an order for quantities of products of one currency and charges
+        its grand total at once; answers PROCESSING: the units are delivered as
+        stock allows, oldest order first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -127,6 +141,11 @@ def add_OrdersServiceServicer_to_server(servicer, server):
                     request_deserializer=instantorders_dot_v2_dot_orders__pb2.CreateInstantOrderRequest.FromString,
                     response_serializer=instantorders_dot_v2_dot_orders__pb2.Order.SerializeToString,
             ),
+            'CreateBulkOrder': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateBulkOrder,
+                    request_deserializer=instantorders_dot_v2_dot_orders__pb2.CreateBulkOrderRequest.FromString,
+                    response_serializer=instantorders_dot_v2_dot_orders__pb2.Order.SerializeToString,
+            ),
             'GetOrder': grpc.unary_unary_rpc_method_handler(
                     servicer.GetOrder,
                     request_deserializer=instantorders_dot_v2_dot_orders__pb2.GetOrderRequest.FromString,
@@ -161,7 +180,7 @@ def add_OrdersServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class OrdersService:
-    """Instant orders: place them, poll them, fetch their codes.
+    """Instant and bulk orders: place them, poll them, fetch their codes.
     """
 
     @staticmethod
@@ -180,6 +199,33 @@ class OrdersService:
             target,
             '/instantorders.v2.OrdersService/CreateInstantOrder',
             instantorders_dot_v2_dot_orders__pb2.CreateInstantOrderRequest.SerializeToString,
+            instantorders_dot_v2_dot_orders__pb2.Order.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateBulkOrder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/instantorders.v2.OrdersService/CreateBulkOrder',
+            instantorders_dot_v2_dot_orders__pb2.CreateBulkOrderRequest.SerializeToString,
             instantorders_dot_v2_dot_orders__pb2.Order.FromString,
             options,
             channel_credentials,

@@ -9,18 +9,25 @@ import copy
 import random
 from datetime import timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import pytest
 
 from server.domain import admin
+from server.domain.bulk import BulkPlan, LinePlan
 from server.domain.clock import utc_now
+from server.domain.fulfillment import Fulfiller, InventorySource
+from server.domain.idempotency import Remembered, key_for, order_record
 from server.domain.models import BulkLineRequest, BulkOrderRequest, Caller
 from server.domain.money import Money
+from server.domain.orders import BalanceSpent, NewBulkOrder
 from server.domain.ports import NewCode, Store
+from server.metrics import PrometheusObserver
 from tests.api import RestApi
 from tests.databases import one, query
 from tests.helpers import assert_fulfillment_consistent, balance, make_fulfiller
+from tests.metrics import moved, scrape
 from tests.test_watch import next_event
 
 BULK = "CreateBulkOrder"
@@ -264,13 +271,25 @@ async def test_codes_are_read_a_page_at_a_time_after_a_stock_id(api, accounts, s
     first = await units(api, acme, tx, limit=12)
     second = await units(api, acme, tx, limit=12, afterStockId=first[-1]["stockId"])
     rest = await units(api, acme, tx, afterStockId=second[-1]["stockId"])
-    chosen = await units(api, acme, tx, stockIds=[3, 29], sku=TIERED)
+    chosen = await units(api, acme, tx, stockIds=[29, 3, 31], sku=TIERED)
+    whole = await units(api, acme, tx)
 
     assert [u["stockId"] for u in first + second + rest] == list(range(1, 31))
     assert all(u["status"] == "COMPLETED" and u["redeemCode"] for u in first + second + rest)
     assert [u["stockId"] for u in chosen] == [3, 29]
-    too_many = await api.call("GetCodes", {"transactionId": tx, "limit": 1001}, acme)
+    assert whole == first + second + rest  # no limit: the whole order (up to 10,000 units)
+    assert await units(api, acme, tx, afterStockId=30) == []
+    too_many = await api.call("GetCodes", {"transactionId": tx, "limit": 10_001}, acme)
     too_many.expect_error("INVALID_REQUEST", 400)
+
+
+async def test_an_instant_orders_code_is_paged_by_after_stock_id_too(api, accounts):
+    acme = accounts["acme"]
+    order = (await api.call("CreateInstantOrder", {"sku": STEAM}, acme)).expect_ok()
+    tx = order["transactionId"]
+
+    assert [u["stockId"] for u in await units(api, acme, tx)] == [1]
+    assert await units(api, acme, tx, afterStockId=1) == []
 
 
 # --- cancelling ---------------------------------------------------------------------
@@ -301,13 +320,18 @@ async def test_cancelling_a_partly_delivered_order_refunds_exactly_the_units_not
     assert cancelled["refundedTotal"] == {"amount": "82.50", "currency": "USD"}
     assert cancelled["status"] == "COMPLETED"  # some units were delivered
     assert [p["status"] for p in cancelled["products"]] == ["COMPLETED", "COMPLETED"]
+    # The delivered units, with their codes; the cancelled ones are not shown (the
+    # reference's units are PROCESSING or COMPLETED), as for a cancelled instant order.
     shown = await units(api, acme, tx)
-    assert [u["status"] for u in shown] == (
-        ["COMPLETED"] * 5 + ["CANCELLED"] * 7 + ["COMPLETED"] * 2 + ["CANCELLED"] * 2
-    )
+    assert [(u["stockId"], u["status"]) for u in shown] == [
+        *((n, "COMPLETED") for n in (1, 2, 3, 4, 5, 13, 14))
+    ]
     await restock(store, TIERED, 10, "LATE")
     await make_fulfiller(store).run_once()  # nothing more is delivered to it
-    assert [u["status"] for u in await units(api, acme, tx)] == [u["status"] for u in shown]
+    assert await units(api, acme, tx) == shown
+    retried = (await api.call("CancelOrder", {"transactionId": tx}, acme)).expect_ok()
+    assert retried == cancelled  # a retry changes nothing and is no error
+    assert balance(database, acme.account_id, "USD") == before + Decimal("82.50")
     assert_fulfillment_consistent(database)
 
 
@@ -419,6 +443,8 @@ async def test_interleaved_orders_and_small_restocks_deliver_in_order_time_order
          "no toQuantity but is not the last"),
         ([{"price": "9.00", "fromQuantity": 1, "toQuantity": 9}], "the last tier must have no"),
         ([{"price": "9.00", "fromQuantity": 1, "toQuantity": 0}], "toQuantity must be"),
+        ([{"price": "9.00", "fromQuantity": 1, "toQuantity": 2**31},
+          {"price": "8.00", "fromQuantity": 2**31 + 1}], "whole number from 1 to"),
         ([{"price": "0.00", "fromQuantity": 1}], "must be positive"),
         ([], "at least one tier"),
     ],
@@ -458,10 +484,54 @@ async def test_an_order_of_ten_thousand_units_is_placed_fulfilled_and_read_page_
         "status"
     ] == "COMPLETED"
     seen, after = 0, 0
-    while page := await units(api, acme, tx, afterStockId=after):
+    while page := await units(api, acme, tx, afterStockId=after, limit=1000):
         assert len(page) <= 1000
         assert [u["stockId"] for u in page] == list(range(after + 1, after + 1 + len(page)))
         assert all(u["redeemCode"] for u in page)
         seen, after = seen + len(page), page[-1]["stockId"]
     assert seen == 10_000
     assert_fulfillment_consistent(database)
+
+
+async def test_the_fulfilled_counter_counts_a_bulk_order_once_when_its_last_unit_comes(
+    http, accounts, store, tiered
+):
+    acme = accounts["acme"]
+    fulfiller = Fulfiller(
+        store, InventorySource(store), timedelta(days=1), utc_now, observer=PrometheusObserver()
+    )
+    response = await http.post(
+        "/v2/orders", json={"products": lines((TIERED, 4))}, headers=acme.headers()
+    )
+    assert response.status == 200
+    before, _ = await scrape(http)
+
+    await restock(store, TIERED, 3)
+    await fulfiller.run_once()
+    partly, _ = await scrape(http)
+    await restock(store, TIERED, 1, "LAST")
+    await fulfiller.run_once()
+    after, _ = await scrape(http)
+
+    assert moved(before, partly, "instant_orders_fulfilled_total") == 0
+    assert moved(partly, after, "instant_orders_fulfilled_total") == 1
+
+
+async def test_a_balance_spent_between_the_facts_and_the_debit_is_remembered_with_the_key(
+    store, accounts
+):
+    """On PostgreSQL another transaction may spend the balance after the facts were
+    read: the debit then finds too little and the order rolls back. Its refusal is
+    stored with the key all the same, so that a retry gets the same answer."""
+    acme = accounts["acme"]
+    request = _request((STEAM, 1))
+    price = _usd("1000.00")  # more than acme holds: what a spent balance looks like
+    stale_plan = BulkPlan((LinePlan(STEAM, 1, price, price, 1),), None)
+    key = key_for("bulk-spent-1", "req-1", partial(order_record, request), BULK, lines=[STEAM])
+    order = NewBulkOrder(_caller(acme), request, "tx-spent-1", utc_now())
+
+    first = await store.place_bulk_order(order, lambda facts: stale_plan, key)
+    again = await store.place_bulk_order(order, lambda facts: stale_plan, key)
+
+    assert isinstance(first, BalanceSpent)
+    assert isinstance(again, Remembered) and again.record.refusal is not None

@@ -137,7 +137,7 @@ async def test_racing_a_restock_or_the_deadline_ends_in_exactly_one_outcome(
             order = await service.create_instant_order(caller, request)
         assert order.status is OrderStatus.PROCESSING
         await store.add_codes([NewCode("JPY-NT-1000", f"RACE-{round_}", None)], utc_now())
-        stale = await store.waiting_units(["JPY-NT-1000"], limit=10)
+        stale = await store.waiting_units(["JPY-NT-1000"], utc_now() - timedelta(days=1), 10)
         racers = [
             store.complete_from_stock(stale, utc_now(), max_units=10),
             service.cancel_order(caller, order.transaction_id),

@@ -177,6 +177,31 @@ async def test_concurrent_fulfillers_never_complete_an_order_twice(
     assert_fulfillment_consistent(database)
 
 
+async def test_an_order_past_its_deadline_is_never_completed_even_a_batch_at_a_time(
+    api, accounts, store, database
+):
+    """With batches of one order, a pass cancels one overdue order and then delivers:
+    the other overdue orders, the oldest waiting, must not get the codes."""
+    acme = accounts["acme"]
+    overdue = await place_waiting(api, acme, 3)  # the first takes the code in stock
+    deadline = utc_now()
+    (fresh,) = await place_waiting(api, acme, 1)
+    await restock(store, "PLAY-0002", "PLAY-0003", "PLAY-0004")
+    timeout = timedelta(hours=1)
+    fulfiller = make_fulfiller(store, timeout=timeout, clock=lambda: deadline + timeout,
+                               batch_size=1)  # fmt: skip
+
+    while await fulfiller.run_once():
+        pass
+
+    statuses = [
+        (await api.call("GetOrder", {"transactionId": tx}, acme)).expect_ok()["status"]
+        for tx in [*overdue, fresh]
+    ]
+    assert statuses == ["CANCELLED", "CANCELLED", "COMPLETED"]
+    assert_fulfillment_consistent(database)
+
+
 async def test_an_order_cancelled_meanwhile_is_not_completed_from_a_stale_read(
     api, accounts, store, database
 ):
@@ -184,12 +209,12 @@ async def test_an_order_cancelled_meanwhile_is_not_completed_from_a_stale_read(
     first delivers from its stale list: the cancelled order must not get a code."""
     acme = accounts["acme"]
     (waiting,) = await place_waiting(api, acme, 2)
-    stale = await store.waiting_units([SKU], limit=10)
+    stale = await store.waiting_units([SKU], utc_now() - timedelta(days=1), limit=10)
     await restock(store, "PLAY-0002")
 
     cancelled = await store.cancel_overdue(utc_now() + timedelta(seconds=1), utc_now(), 10)
     assert cancelled == [waiting]
-    assert await store.complete_from_stock(stale, utc_now(), max_units=10) == []
+    assert (await store.complete_from_stock(stale, utc_now(), max_units=10)).changed == []
 
     assert await code_of(api, acme, waiting) is None
     assert_fulfillment_consistent(database)

@@ -208,9 +208,13 @@ def _tiers(fields: Mapping[str, Any], currency: str, where: str) -> tuple[PriceT
     return tuple(tiers)
 
 
+#: The largest quantity a tier may name (the catalogue's fields are 32-bit).
+MAX_TIER_QUANTITY = 2**31 - 1
+
+
 def _quantity(value: Any, where: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise InvalidInput(f"{where} must be a whole number of 1 or more")
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_TIER_QUANTITY:
+        raise InvalidInput(f"{where} must be a whole number from 1 to {MAX_TIER_QUANTITY}")
     return value
 
 

@@ -20,7 +20,7 @@ from server.domain.clock import StepGuardedClock
 from server.domain.errors import log_retried_failure
 from server.domain.idempotency import RETENTION
 from server.domain.observer import UNOBSERVED, Observer
-from server.domain.ports import Store, WaitingUnits
+from server.domain.ports import Delivery, Store, WaitingUnits
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,10 @@ class CodeSource(Protocol):
 
     async def deliver(
         self, waiting: Sequence[WaitingUnits], now: datetime, max_units: int
-    ) -> list[str]:
+    ) -> Delivery:
         """Delivers what it can of the waiting units (`max_units` at most), in the order
-        given, atomically
-        (each code recorded with its unit; an order COMPLETED once no unit of it
-        waits); returns the transaction ids of the orders that changed. The rest wait."""
+        given, atomically (each code recorded with its unit; an order COMPLETED once no
+        unit of it waits). The rest wait."""
         ...
 
 
@@ -71,7 +70,7 @@ class InventorySource:
 
     async def deliver(
         self, waiting: Sequence[WaitingUnits], now: datetime, max_units: int
-    ) -> list[str]:
+    ) -> Delivery:
         return await self._store.complete_from_stock(waiting, now, max_units)
 
 
@@ -147,25 +146,29 @@ class Fulfiller:
         now = self._clock()
         created_before = self._deadline_clock.guard(now) - self._timeout
         cancelled = await self._store.cancel_overdue(created_before, now, self._batch_size)
-        completed = await self._complete(now)
-        changed = [*cancelled, *completed]
+        delivery = await self._complete(now, not_before=created_before)
+        changed = [*cancelled, *delivery.changed]
         if cancelled:
             self._observer.orders_cancelled("deadline", len(cancelled))
-        if completed:
-            self._observer.orders_completed(len(completed))
+        if delivery.completed:
+            self._observer.orders_completed(len(delivery.completed))
         if changed:
-            log.debug("fulfillment: %d completed, %d cancelled", len(completed), len(cancelled))
+            log.debug("fulfillment: %d completed, %d partly delivered, %d cancelled",
+                      len(delivery.completed), len(delivery.partly), len(cancelled))  # fmt: skip
             if self._on_change:
                 self._on_change(changed)
         return len(changed)
 
-    async def _complete(self, now: datetime) -> list[str]:
+    async def _complete(self, now: datetime, not_before: datetime) -> Delivery:
+        """Delivers to orders placed since `not_before`: the older ones are past their
+        deadline, and cancelled by this pass or the next ones (a pass cancels a batch),
+        never completed."""
         skus = await self._store.waiting_skus()
         if not skus:
-            return []
+            return Delivery()
         ready = await self._source.available(skus)
         if not ready:
-            return []
-        waiting = await self._store.waiting_units(sorted(ready), self._batch_size)
+            return Delivery()
+        waiting = await self._store.waiting_units(sorted(ready), not_before, self._batch_size)
         max_units = self._batch_size * UNITS_PER_BATCHED_ORDER
         return await self._source.deliver(waiting, now, max_units)

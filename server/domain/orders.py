@@ -228,9 +228,13 @@ class Cancelled:
 
 def decide_cancellation(transaction_id: str, order: Order | None) -> Cancellation | Refused:
     """A customer may cancel an order that still waits for stock. Cancelling a
-    cancelled order again changes nothing and is no error: a retry must not fail."""
+    cancelled order again changes nothing and is no error: a retry must not fail;
+    nor is cancelling again a bulk order whose cancellation left it COMPLETED (its
+    units delivered before, the rest refunded)."""
     if order is None:
         return Refused(ApiError(Reason.ORDER_NOT_FOUND, transactionId=transaction_id))
+    if order.status is OrderStatus.COMPLETED and order.refunded_minor:
+        return Cancellation(refund=False)
     if order.status is OrderStatus.COMPLETED:
         return Refused(
             ApiError(

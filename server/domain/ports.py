@@ -60,6 +60,19 @@ class WaitingUnits:
 
 
 @dataclass(frozen=True)
+class Delivery:
+    """What handing out codes changed: orders now COMPLETED, and bulk orders that got
+    units of theirs but still wait for others (transaction ids)."""
+
+    completed: tuple[str, ...] = ()
+    partly: tuple[str, ...] = ()
+
+    @property
+    def changed(self) -> list[str]:
+        return [*self.completed, *self.partly]
+
+
+@dataclass(frozen=True)
 class NewAccount:
     name: str
     balances: tuple[Money, ...]
@@ -158,8 +171,11 @@ class Store(Protocol):
         """The SKUs that PROCESSING orders wait for."""
         ...
 
-    async def waiting_units(self, skus: Collection[str], limit: int) -> list[WaitingUnits]:
-        """What waits for these SKUs, oldest order first, across both kinds of order."""
+    async def waiting_units(
+        self, skus: Collection[str], not_before: datetime, limit: int
+    ) -> list[WaitingUnits]:
+        """What waits for these SKUs in orders placed since `not_before`, oldest order
+        first, across both kinds of order."""
         ...
 
     async def skus_in_stock(self, skus: Collection[str]) -> set[str]:
@@ -168,11 +184,10 @@ class Store(Protocol):
 
     async def complete_from_stock(
         self, waiting: Sequence[WaitingUnits], now: datetime, max_units: int
-    ) -> list[str]:
+    ) -> Delivery:
         """Gives the waiting units, in turn, the oldest unsold codes of their SKUs,
         `max_units` codes at most (an instant order COMPLETED, a bulk order once
-        none of its units waits); returns the transaction ids of the orders that
-        changed. Atomic; what no longer waits is skipped."""
+        none of its units waits). Atomic; what no longer waits is skipped."""
         ...
 
     async def cancel_overdue(

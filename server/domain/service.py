@@ -65,9 +65,10 @@ MAX_CLIENT_ORDER_NUMBER_LENGTH = 128
 MAX_TRANSACTION_ID_LENGTH = 64
 MAX_CURRENCY_LENGTH = 16
 ORDERS_PAGE = (10, 100)  # (default, maximum) page size
-#: Units per GetCodes answer (default, maximum): a 10,000-unit order is read a
-#: page at a time (afterStockId), never whole into memory.
-CODES_PAGE = (1000, 1000)
+#: Units per GetCodes answer (default, maximum): an order of up to 10,000 units
+#: (the most a line holds) in one answer, as a vendor client expects; a larger one
+#: a page at a time (afterStockId), never whole into memory.
+CODES_PAGE = (10_000, 10_000)
 PRODUCTS_PAGE = (1000, 1000)
 
 
@@ -307,16 +308,17 @@ class InstantOrdersService:
     async def _bulk_units(
         self, order: Order, codes_filter: CodesFilter, limit: int
     ) -> list[ProductCodes]:
-        """A page of a bulk order's units, per line; only the page's codes are read."""
+        """A page of a bulk order's units, per line, without the cancelled ones (as a
+        cancelled instant order shows none: the reference's units are PROCESSING or
+        COMPLETED); only the page's codes are read."""
         page: list[tuple[OrderLine, int]] = []
         for line in order.lines:
             if codes_filter.sku and codes_filter.sku != line.sku:
                 continue
-            start = max(line.first_stock_id, codes_filter.after_stock_id + 1)
-            for stock_id in range(start, line.stock_ids.stop):
+            for stock_id in _candidates(line, codes_filter):
                 if len(page) == limit:
                     break
-                if not codes_filter.stock_ids or stock_id in codes_filter.stock_ids:
+                if line.unit_status(stock_id) is not OrderStatus.CANCELLED:
                     page.append((line, stock_id))
         delivered = [s for line, s in page if line.unit_status(s) is OrderStatus.COMPLETED]
         codes = await self._store.unit_codes(order.id, delivered) if delivered else {}
@@ -394,6 +396,16 @@ def codes_of(order: Order) -> list[CodeView]:
     return [CodeView(FIRST_UNIT, order.status, order.code.redeem_code, order.code.pin_code)]
 
 
+def _candidates(line: OrderLine, codes_filter: CodesFilter) -> Iterable[int]:
+    """The line's stockIds the filter lets through, in order: the ones asked for
+    (however long the line), or all those after `after_stock_id`."""
+    start = max(line.first_stock_id, codes_filter.after_stock_id + 1)
+    if codes_filter.stock_ids:
+        asked = sorted(codes_filter.stock_ids)
+        return (s for s in asked if start <= s < line.stock_ids.stop)
+    return range(start, line.stock_ids.stop)
+
+
 def _ranges(stock_ids: Iterable[int]) -> str:
     """1,2,3,5 -> "1-3,5": a page of a thousand units stays a short audit row."""
     spans: list[list[int]] = []
@@ -406,6 +418,8 @@ def _ranges(stock_ids: Iterable[int]) -> str:
 
 
 def matches(code: CodeView, codes_filter: CodesFilter) -> bool:
+    if code.stock_id <= codes_filter.after_stock_id:
+        return False
     return not codes_filter.stock_ids or code.stock_id in codes_filter.stock_ids
 
 

@@ -32,6 +32,7 @@ from server.domain.models import (
 )
 from server.domain.money import Money
 from server.domain.orders import (
+    BalanceSpent,
     Cancellation,
     Cancelled,
     CancelRequest,
@@ -40,7 +41,14 @@ from server.domain.orders import (
     OrderOutcome,
     Refused,
 )
-from server.domain.ports import AccountBalance, Dataset, NewCode, StockLevel, WaitingUnits
+from server.domain.ports import (
+    AccountBalance,
+    Dataset,
+    Delivery,
+    NewCode,
+    StockLevel,
+    WaitingUnits,
+)
 from server.keys import CodeCipher
 from server.store import statements as sql
 from server.store import transactions
@@ -131,7 +139,17 @@ class SqlStore(ABC):
     async def place_bulk_order(
         self, order: NewBulkOrder, decide: DecideBulk, key: IdempotencyKey | None = None
     ) -> OrderOutcome | Remembered | KeyInUse:
-        return await self._write(transactions.place_bulk_order, order, decide, key)
+        """A balance spent by another transaction between the facts and the debit (on
+        PostgreSQL) rolls the order back, and its key's answer with it: that refusal is
+        stored with the key in a transaction of its own, so a retry gets it again."""
+        outcome = await self._write(transactions.place_bulk_order, order, decide, key)
+        if key is None or not isinstance(outcome, BalanceSpent):
+            return outcome
+        account_id = order.caller.account_id
+        held = await self._write(
+            transactions.remember_refusal, account_id, key, key.record_of(outcome), order.at
+        )
+        return outcome if held is None else held
 
     async def cancel_order(
         self,
@@ -170,15 +188,17 @@ class SqlStore(ABC):
         skus: list[str] = await self._query(sql.WAITING_SKUS.column())
         return skus
 
-    async def waiting_units(self, skus: Collection[str], limit: int) -> list[WaitingUnits]:
-        return await self._read(transactions.waiting_units, skus, limit)
+    async def waiting_units(
+        self, skus: Collection[str], not_before: datetime, limit: int
+    ) -> list[WaitingUnits]:
+        return await self._read(transactions.waiting_units, skus, not_before, limit)
 
     async def skus_in_stock(self, skus: Collection[str]) -> set[str]:
         return set(await self._query(sql.SKUS_IN_STOCK.column(skus=list(skus))))
 
     async def complete_from_stock(
         self, waiting: Sequence[WaitingUnits], now: datetime, max_units: int
-    ) -> list[str]:
+    ) -> Delivery:
         return await self._write(transactions.complete_from_stock, waiting, now, max_units)
 
     async def cancel_overdue(

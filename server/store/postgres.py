@@ -429,10 +429,17 @@ async def _keep_session(connection: Connection) -> None:
     outlives its transaction (the migration's lock is a transaction lock)."""
 
 
+#: The longest a migration may take (each process migrates, one after the other,
+#: when it starts): a step may rebuild a large table.
+MIGRATION_TIMEOUT = "10min"
+
+
 async def _migrate(db: Connection, cipher: CodeCipher) -> int:
     """Brings the schema and the routines up to date under an advisory lock, so
     replicas starting at once migrate one after the other; returns the version found."""
     async with db.transaction():
+        # A step may rebuild a large table: it is not bound by the timeout of a call.
+        await db.execute(f"SET LOCAL statement_timeout = '{MIGRATION_TIMEOUT}'")
         await db.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.migrate'))")
         await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         stored = await db.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")

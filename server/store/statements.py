@@ -180,12 +180,16 @@ WAITING_SKUS = Statement(
     " UNION SELECT sku FROM order_lines WHERE delivered + cancelled < quantity"
 )
 #: What waits for codes of the SKUs, oldest order first across both kinds: an
-#: instant order's one unit (line 0), a bulk line's units not yet delivered.
+#: instant order's one unit (line 0), a bulk line's units not yet delivered; of
+#: orders placed since :not_before only (the older ones are past their deadline).
 WAITING_UNITS = Statement(
     "SELECT id AS order_id, 0 AS line, sku, 1 AS units FROM orders"
     " WHERE status = 'PROCESSING' AND kind = 'INSTANT' AND sku = ANY(:skus)"
-    " UNION ALL SELECT order_id, line, sku, quantity - delivered - cancelled AS units"
-    " FROM order_lines WHERE delivered + cancelled < quantity AND sku = ANY(:skus)"
+    " AND created_at_us >= :not_before"
+    " UNION ALL SELECT l.order_id, l.line, l.sku, l.quantity - l.delivered - l.cancelled"
+    " FROM order_lines l JOIN orders o ON o.id = l.order_id"
+    " WHERE l.delivered + l.cancelled < l.quantity AND l.sku = ANY(:skus)"
+    " AND o.created_at_us >= :not_before"
     " ORDER BY order_id, line LIMIT :limit"
 )
 SKUS_IN_STOCK = Statement(

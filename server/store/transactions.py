@@ -53,7 +53,7 @@ from server.domain.orders import (
     Refused,
     rate_pair,
 )
-from server.domain.ports import Dataset, NewCode, WaitingUnits
+from server.domain.ports import Dataset, Delivery, NewCode, WaitingUnits
 from server.keys import CodeCipher
 from server.store import statements as sql
 from server.store.rows import (
@@ -402,9 +402,11 @@ def orders_page(
 # --- fulfillment -------------------------------------------------------------------
 
 
-def waiting_units(skus: Collection[str], limit: int) -> Unit[list[WaitingUnits]]:
-    rows = yield sql.WAITING_UNITS.rows(skus=list(skus), limit=limit)
-    return [WaitingUnits(row["order_id"], row["line"], row["sku"], row["units"]) for row in rows]
+def waiting_units(
+    skus: Collection[str], not_before: datetime, limit: int
+) -> Unit[list[WaitingUnits]]:
+    rows = yield sql.WAITING_UNITS.rows(skus=list(skus), not_before=micros(not_before), limit=limit)
+    return [WaitingUnits(*row) for row in rows]
 
 
 @dataclass(frozen=True)
@@ -421,12 +423,12 @@ class _Claimed:
 
 def complete_from_stock(
     waiting: Sequence[WaitingUnits], now: datetime, max_units: int
-) -> Unit[list[str]]:
+) -> Unit[Delivery]:
     """Claims what still waits of `waiting` (on PostgreSQL skipping rows another
     fulfiller holds) and the oldest unsold codes of its SKUs, and hands them out
     oldest order first: an instant order its one code (COMPLETED), a bulk line as
     many as there are, in stockId order; a bulk order none of whose units waits any
-    more is COMPLETED. Returns the transaction ids of the orders that changed."""
+    more is COMPLETED."""
     claimed = yield from _claim_waiting(waiting)
     transaction_ids = {entry.order_id: entry.transaction_id for entry in claimed}
     sold: list[dict[str, int]] = []
@@ -453,7 +455,7 @@ def complete_from_stock(
             else:
                 completed.append(entry.order_id)
     if not sold:
-        return []
+        return Delivery()
     yield sql.SELL_CODE.many(sold)
     bulk_ids = sorted({entry["order_id"] for entry in delivered})
     if delivered:
@@ -461,7 +463,11 @@ def complete_from_stock(
         completed += yield sql.BULK_ORDERS_DONE.column(ids=bulk_ids)
     if completed:
         yield from finish(completed, OrderStatus.COMPLETED, now)
-    return [transaction_ids[order_id] for order_id in sorted({*completed, *bulk_ids})]
+    done = set(completed)
+    return Delivery(
+        completed=tuple(transaction_ids[order_id] for order_id in sorted(done)),
+        partly=tuple(transaction_ids[order_id] for order_id in bulk_ids if order_id not in done),
+    )
 
 
 def _claim_waiting(waiting: Sequence[WaitingUnits]) -> Unit[list[_Claimed]]:
@@ -529,6 +535,7 @@ def cancel_order(
         if decision.refund:
             bulk = [order.id] if is_bulk(row) else []
             yield from cancel_and_refund([order.id], bulk, request.at, by=request.caller)
+        if decision.refund or is_bulk(row):  # the order as it is now, with its lines
             order = yield from get_order(account_id, request.transaction_id, cipher)
             assert order is not None
         outcome = Cancelled(order, now=decision.refund)

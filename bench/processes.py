@@ -93,10 +93,18 @@ def wait_for_http(process: Process, url: str, timeout: float = 30) -> None:
 
 @dataclass
 class Cost:
-    """CPU seconds used and the largest peak RSS (MiB) of the measured processes."""
+    """CPU seconds used and the largest peak RSS (MiB) of the measured processes, and
+    the CPU seconds of each of their roles: the HTTP side (the gateway, or a bare
+    forwarder) and the gRPC side (the server, or the ceiling's echo)."""
 
     cpu_seconds: float = 0.0
     peak_rss_mib: float = 0.0
+    gateway_cpu_seconds: float = 0.0
+    server_cpu_seconds: float = 0.0
+
+
+def is_http_side(process: Process) -> bool:
+    return process.name.endswith("gateway") or process.name == "forwarder"
 
 
 @dataclass
@@ -110,10 +118,16 @@ class Meter:
     def measuring(self) -> Iterator[Cost]:
         for process in self.processes:
             _reset_peak_rss(process.pid)
-        before = sum(_cpu_seconds(process.pid) for process in self.processes)
+        before = {process.name: _cpu_seconds(process.pid) for process in self.processes}
         cost = Cost()
         yield cost
-        cost.cpu_seconds = sum(_cpu_seconds(process.pid) for process in self.processes) - before
+        for process in self.processes:
+            used = _cpu_seconds(process.pid) - before[process.name]
+            cost.cpu_seconds += used
+            if is_http_side(process):
+                cost.gateway_cpu_seconds += used
+            else:
+                cost.server_cpu_seconds += used
         cost.peak_rss_mib = sum(rss_mib(process.pid, "VmHWM") for process in self.processes)
 
 

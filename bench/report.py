@@ -25,7 +25,8 @@ class Scenario:
 
 HEADER = (
     "| scenario | req/s | vs ceiling | p50 ms | p99 ms | p99.9 ms | p99 vs ceiling "
-    "| CPU % | peak RSS MiB |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| CPU % | gateway CPU µs/req | server CPU µs/req | peak RSS MiB |"
+    "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
@@ -34,7 +35,10 @@ def line(scenario: Scenario, ceiling: Scenario | None) -> str:
 
 
 def _medians(scenario: Scenario) -> dict[str, float]:
-    keys = ("throughput", "p50_ms", "p99_ms", "p999_ms", "cpu_percent", "peak_rss_mib")
+    keys = (
+        "throughput", "p50_ms", "p99_ms", "p999_ms", "cpu_percent", "gateway_cpu_us",
+        "server_cpu_us", "peak_rss_mib",
+    )  # fmt: skip
     return {key: scenario.median(key) for key in keys}
 
 
@@ -52,6 +56,8 @@ def _cells(name: str, medians: dict[str, float], ceiling: Scenario | None) -> li
         f"{medians['p999_ms']:.1f}",
         p99_ratio,
         f"{medians['cpu_percent']:.0f}",
+        f"{medians['gateway_cpu_us']:.0f}" if medians["gateway_cpu_us"] else "",
+        f"{medians['server_cpu_us']:.0f}",
         f"{medians['peak_rss_mib']:.0f}",
     ]
 
@@ -61,10 +67,37 @@ def table(scenarios: dict[str, Scenario]) -> str:
     return "\n".join([HEADER, *rows])
 
 
+#: Issue 17's targets: (what, scenario, its ceiling, key, at least or at most, bound).
+_REST = "REST POST /v2/orders/instant, in stock"
+#: The bare forwarder's scenario: the REST framework alone (bench/forwarder.py).
+FORWARDER = "REST bare forwarder: POST /v2/orders/instant"
+_GRPC, _ECHO = "gRPC CreateInstantOrder, in stock", "gRPC ceiling: CreateInstantOrder"
+TARGETS = (
+    ("REST in-stock throughput vs the bare forwarder", _REST, FORWARDER, "throughput", ">=", 0.6),
+    ("REST in-stock order p99 vs the bare forwarder", _REST, FORWARDER, "p99_ms", "<=", 2.0),
+    ("gRPC in-stock order throughput vs the echo", _GRPC, _ECHO, "throughput", ">=", 0.6),
+    ("gateway CPU per order vs the bare forwarder", _REST, FORWARDER, "gateway_cpu_us", "<=", 1.3),
+    ("server CPU per order vs the echo", _GRPC, _ECHO, "server_cpu_us", "<=", 2.0),
+)  # fmt: skip
+
+
+def targets(scenarios: dict[str, Scenario]) -> list[dict[str, Any]]:
+    """Each target of issue 17 with the ratio measured in this run."""
+    measured = []
+    for what, name, ceiling, key, sense, bound in TARGETS:
+        if name not in scenarios or ceiling not in scenarios:
+            continue
+        ratio = scenarios[name].median(key) / scenarios[ceiling].median(key)
+        met = ratio >= bound if sense == ">=" else ratio <= bound
+        measured.append({"target": f"{what} {sense} {bound}", "ratio": ratio, "met": met})
+    return measured
+
+
 def save(results: dict[str, Any], scenarios: dict[str, Scenario], directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     summary = table(scenarios)
     results["table"] = summary
+    results["targets"] = targets(scenarios)
     (directory / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(scenarios, directory / "bench.png")
     print()
@@ -74,6 +107,9 @@ def save(results: dict[str, Any], scenarios: dict[str, Scenario], directory: Pat
         f"\nbacklog of {backlog['orders']:,}: {backlog['median_seconds']:.2f} s;"
         f" server RSS growth from 100k to 200k orders: {100 * memory['growth']:+.1f}%"
     )
+    for target in results["targets"]:
+        verdict = "met" if target["met"] else "NOT met"
+        print(f"{target['target']}: {target['ratio']:.2f} ({verdict})")
     print(f"results: {directory / 'results.json'}, picture: {directory / 'bench.png'}")
 
 

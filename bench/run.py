@@ -80,6 +80,7 @@ class Bench:
         self.http_base = f"http://127.0.0.1:{free_port()}"
         self.ceiling_target = f"127.0.0.1:{free_port()}"
         self.ceiling_http_base = f"http://127.0.0.1:{free_port()}"
+        self.forwarder_http_base = f"http://127.0.0.1:{free_port()}"
         self.processes: list[Process] = []
         self.scenarios: dict[str, Scenario] = {}
         self.headers: dict[str, str] = {}
@@ -125,7 +126,9 @@ class Bench:
         self.processes.append(server)
         return server
 
-    def start_ceiling(self, replies: dict[str, bytes]) -> tuple[Process, Process]:
+    def start_ceiling(self, replies: dict[str, bytes]) -> tuple[Process, Process, Process]:
+        """The ceiling's echo, the production gateway in front of it, and the bare
+        forwarder in front of it."""
         replies_file = self.workdir / "replies.json"
         replies_file.write_text(
             json.dumps({path: base64.b64encode(reply).decode() for path, reply in replies.items()})
@@ -138,8 +141,14 @@ class Bench:
         gateway = self._start_gateway(
             "ceiling-gateway", self.ceiling_target, self.ceiling_http_base
         )
-        self.processes += [stub, gateway]
-        return stub, gateway
+        forwarder = start(
+            "forwarder", self.workdir, "-m", "bench.forwarder",
+            "--listen", self.forwarder_http_base.removeprefix("http://"),
+            "--upstream", self.ceiling_target,
+        )  # fmt: skip
+        wait_for_http(forwarder, f"{self.forwarder_http_base}/healthz")
+        self.processes += [stub, gateway, forwarder]
+        return stub, gateway, forwarder
 
     def _start_gateway(
         self, name: str, upstream: str, base: str, env: dict[str, str] | None = None
@@ -264,9 +273,12 @@ class Bench:
                 raise RuntimeError(f"{name}: {result.failures} requests failed")
             if verify:
                 verify(result)
+            per_request = 1e6 / max(result.requests, 1)
             runs.append(
                 {**asdict(result), "throughput": result.throughput, **asdict(cost),
-                 "cpu_percent": 100 * cost.cpu_seconds / result.seconds}
+                 "cpu_percent": 100 * cost.cpu_seconds / result.seconds,
+                 "gateway_cpu_us": cost.gateway_cpu_seconds * per_request,
+                 "server_cpu_us": cost.server_cpu_seconds * per_request}
             )  # fmt: skip
         scenario = Scenario(name, ceiling, runs)
         self.scenarios[name] = scenario
@@ -317,7 +329,7 @@ def _order_json(sku: str) -> bytes:
 
 
 def request_scenarios(bench: Bench, service: Meter, server: Meter, ceiling: Meter,
-                      ceiling_grpc: Meter) -> None:  # fmt: skip
+                      ceiling_grpc: Meter, forwarder: Meter) -> None:  # fmt: skip
     """Each request path beside its ceiling: the same RPC answered by the stub."""
     in_stock, out_of_stock = _order_request(IN_STOCK), _order_request(OUT_OF_STOCK)
     grpc_ceiling = bench.measure(
@@ -330,6 +342,11 @@ def request_scenarios(bench: Bench, service: Meter, server: Meter, ceiling: Mete
             bench.grpc_load(bench.grpc_target, ORDERS, request.SerializeToString()),
             bench.orders_written(request.sku),
         )  # fmt: skip
+    bench.measure(
+        report.FORWARDER, None, forwarder,
+        bench.http_load(bench.forwarder_http_base, "POST", "/v2/orders/instant",
+                        _order_json(IN_STOCK)),
+    )  # fmt: skip
     rest_ceiling = bench.measure(
         "REST ceiling: POST /v2/orders/instant", None, ceiling,
         bench.http_load(bench.ceiling_http_base, "POST", "/v2/orders/instant",
@@ -506,11 +523,12 @@ def run(bench: Bench) -> dict[str, Any]:
     bench.ensure_stock(1)
     server, gateway = bench.start_service()
     bench.sign_in()
-    stub, stub_gateway = bench.start_ceiling(bench.record_replies())
+    stub, stub_gateway, forwarder = bench.start_ceiling(bench.record_replies())
     bench.ensure_stock(5 * per_scenario)  # five in-stock order scenarios
     request_scenarios(
-        bench, Meter([server, gateway]), Meter([server]), Meter([stub, stub_gateway]), Meter([stub])
-    )
+        bench, Meter([server, gateway]), Meter([server]), Meter([stub, stub_gateway]),
+        Meter([stub]), Meter([stub, forwarder]),
+    )  # fmt: skip
     server, gateway = metrics_cost(bench, server, gateway)
     backlog_result = backlog(bench)
     bulk_result = bulk_order(bench)

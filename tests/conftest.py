@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import HTTP_LIMITS, GatewaySettings, create_app
 from server.domain import admin, auth
+from server.domain import limits as limits_module
 from server.domain.clients import TrustedProxies
 from server.domain.clock import utc_now
 from server.domain.fulfillment import Fulfiller
@@ -101,8 +102,14 @@ def limits() -> Limits:
 
 
 @pytest.fixture
-async def shared_limits(database: str) -> AsyncIterator[SharedBuckets | None]:
-    """The rate-limit buckets the replicas share, as `serve` opens them: PostgreSQL only."""
+async def shared_limits(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[SharedBuckets | None]:
+    """The rate-limit buckets the replicas share, as `serve` opens them: PostgreSQL only.
+    A check waits up to 1 s for them, not 50 ms: on a machine busy with the other test
+    worker a slow answer would fail open to the process's own buckets, which only the
+    tests of tests/test_shared_limits.py are about (with buckets of their own)."""
+    monkeypatch.setattr(limits_module, "SHARED_TIMEOUT_SECONDS", 1.0)
     shared = await rate_limits.open_shared(database)
     yield shared
     if shared is not None:

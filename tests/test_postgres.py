@@ -37,7 +37,9 @@ from tests.proxy import TcpProxy
 
 pytestmark = pytest.mark.postgres_only
 
-STATEMENT_TIMEOUT = 1.0
+#: Short, so that the tests of timeouts are quick; not shorter, so that a commit on a
+#: machine busy with the other test worker is not mistaken for an outage.
+STATEMENT_TIMEOUT = 2.0
 NO_STOCK = "JPY-NT-1000"  # the dataset has no code for it
 IN_STOCK = "8PX-UF-Y5U"
 

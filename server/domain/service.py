@@ -52,6 +52,7 @@ from server.domain.orders import (
     CancelRequest,
     NewBulkOrder,
     NewOrder,
+    OrderOutcome,
     Refused,
     decide_cancellation,
     decide_instant_order,
@@ -173,16 +174,7 @@ class InstantOrdersService:
         outcome = await self._store.place_instant_order(
             order, partial(decide_instant_order, request), key
         )
-        if isinstance(outcome, Remembered | KeyInUse):
-            self._observer.order_answered("instant", "replayed")
-            return await self._replayed(caller, key, outcome)
-        try:
-            placed = placed_order(request, outcome)
-        except ApiError as refusal:
-            self._observer.order_answered("instant", refusal.reason.name)
-            raise
-        self._observer.order_answered("instant", placed.status.value.lower())
-        return placed
+        return await self._answer("instant", caller, request, key, outcome)
 
     async def create_bulk_order(
         self, caller: Caller, request: BulkOrderRequest, idempotency_key: str = ""
@@ -202,15 +194,26 @@ class InstantOrdersService:
         outcome = await self._store.place_bulk_order(
             order, partial(decide_bulk_order, request), key
         )
+        return await self._answer("bulk", caller, request, key, outcome)
+
+    async def _answer(
+        self,
+        kind: str,
+        caller: Caller,
+        request: InstantOrderRequest | BulkOrderRequest,
+        key: IdempotencyKey | None,
+        outcome: OrderOutcome | Remembered | KeyInUse,
+    ) -> Order:
+        """The order placed, the answer stored with its key, or the refusal; counted."""
         if isinstance(outcome, Remembered | KeyInUse):
-            self._observer.order_answered("bulk", "replayed")
+            self._observer.order_answered(kind, "replayed")
             return await self._replayed(caller, key, outcome)
         try:
             placed = placed_order(request, outcome)
         except ApiError as refusal:
-            self._observer.order_answered("bulk", refusal.reason.name)
+            self._observer.order_answered(kind, refusal.reason.name)
             raise
-        self._observer.order_answered("bulk", placed.status.value.lower())
+        self._observer.order_answered(kind, placed.status.value.lower())
         return placed
 
     async def cancel_order(

@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from itertools import groupby, islice
-from typing import Any
+from typing import Any, TypeVar
 
 from server.domain.bulk import BulkFacts, BulkPlan
 from server.domain.bulk import rate_pair as bulk_rate_pair
@@ -31,6 +31,7 @@ from server.domain.models import (
     BulkOrderRequest,
     Caller,
     DeliveredCode,
+    ExchangeRate,
     InstantOrderRequest,
     LedgerKind,
     Order,
@@ -49,6 +50,7 @@ from server.domain.orders import (
     OrderFacts,
     OrderOutcome,
     OrderPlan,
+    Pair,
     Placed,
     Refused,
     rate_pair,
@@ -71,6 +73,7 @@ from server.store.rows import (
 )
 from server.store.sql import Query, Rollback, Unit
 
+T = TypeVar("T")
 Decide = Callable[[OrderFacts], OrderPlan | Refused]
 DecideBulk = Callable[[BulkFacts], BulkPlan | Refused]
 
@@ -128,20 +131,15 @@ def place_instant_order(
     """Reads the facts, lets the rules decide and applies their plan, in one
     transaction; with a key, that transaction also holds the key and stores its
     answer (or gives back the one stored)."""
+
+    def place() -> Unit[OrderOutcome]:
+        decision = decide((yield from order_facts(account_id, new_order.request)))
+        if isinstance(decision, Refused):
+            return decision
+        return (yield from apply_order_plan(new_order, decision, cipher))
+
     account_id = new_order.caller.account_id
-    if key is not None:
-        held = yield from claim_key(account_id, key)
-        if held is not None:
-            return held
-    facts = yield from order_facts(account_id, new_order.request)
-    decision = decide(facts)
-    if isinstance(decision, Refused):
-        outcome: OrderOutcome = decision
-    else:
-        outcome = yield from apply_order_plan(new_order, decision, cipher)
-    if key is not None:
-        yield from remember(account_id, key, key.record_of(outcome), new_order.at)
-    return outcome
+    return (yield from keyed(account_id, key, new_order.at, place))
 
 
 def place_bulk_order(
@@ -149,19 +147,29 @@ def place_bulk_order(
 ) -> Unit[OrderOutcome | Remembered | KeyInUse]:
     """As place_instant_order: the facts, the rules' decision and its plan applied in
     one transaction, with the key held and its answer stored."""
+
+    def place() -> Unit[OrderOutcome]:
+        decision = decide((yield from bulk_facts(account_id, new_order.request)))
+        if isinstance(decision, Refused):
+            return decision
+        return (yield from apply_bulk_plan(new_order, decision))
+
     account_id = new_order.caller.account_id
-    if key is not None:
-        held = yield from claim_key(account_id, key)
-        if held is not None:
-            return held
-    facts = yield from bulk_facts(account_id, new_order.request)
-    decision = decide(facts)
-    if isinstance(decision, Refused):
-        outcome: OrderOutcome = decision
-    else:
-        outcome = yield from apply_bulk_plan(new_order, decision)
-    if key is not None:
-        yield from remember(account_id, key, key.record_of(outcome), new_order.at)
+    return (yield from keyed(account_id, key, new_order.at, place))
+
+
+def keyed(
+    account_id: int, key: IdempotencyKey | None, at: datetime, place: Callable[[], Unit[T]]
+) -> Unit[T | Remembered | KeyInUse]:
+    """`place`, with the key held first and its answer stored after, in the same
+    transaction; or the answer stored before (KeyInUse while another holds it)."""
+    if key is None:
+        return (yield from place())
+    held = yield from claim_key(account_id, key)
+    if held is not None:
+        return held
+    outcome = yield from place()
+    yield from remember(account_id, key, key.record_of(outcome), at)
     return outcome
 
 
@@ -170,18 +178,10 @@ def bulk_facts(account_id: int, request: BulkOrderRequest) -> Unit[BulkFacts]:
     product_rows = yield sql.PRICED_PRODUCTS.rows(skus=skus)
     products = {row["sku"]: priced_product(row) for row in product_rows}
     balances = balances_from_rows((yield sql.BALANCES.rows(account_id=account_id)))
-    rates = {}
     currencies = {product.currency for product in products.values()}
     pair = bulk_rate_pair(request, currencies.pop() if len(currencies) == 1 else None)
-    if pair is not None:
-        rate_row = yield sql.RATE.row(base=pair[0], quote=pair[1])
-        if rate_row is not None:
-            rates[pair] = rate_from_row(rate_row)
-    holder = None
-    if request.client_order_number:
-        holder = yield sql.CLIENT_ORDER_NUMBER_HOLDER.value(
-            account_id=account_id, client_order_number=request.client_order_number
-        )
+    rates = yield from rate_of(pair)
+    holder = yield from number_holder(account_id, request.client_order_number)
     return BulkFacts(products, balances, rates, holder)
 
 
@@ -267,18 +267,27 @@ def order_facts(account_id: int, request: InstantOrderRequest) -> Unit[OrderFact
     product_row = yield sql.PRICED_PRODUCT.row(sku=request.sku)
     product = None if product_row is None else priced_product(product_row)
     balances = balances_from_rows((yield sql.BALANCES.rows(account_id=account_id)))
-    rates = {}
-    pair = rate_pair(request, product)
-    if pair is not None:
-        rate_row = yield sql.RATE.row(base=pair[0], quote=pair[1])
-        if rate_row is not None:
-            rates[pair] = rate_from_row(rate_row)
-    holder = None
-    if request.client_order_number:
-        holder = yield sql.CLIENT_ORDER_NUMBER_HOLDER.value(
-            account_id=account_id, client_order_number=request.client_order_number
-        )
+    rates = yield from rate_of(rate_pair(request, product))
+    holder = yield from number_holder(account_id, request.client_order_number)
     return OrderFacts(product, balances, rates, holder)
+
+
+def rate_of(pair: Pair | None) -> Unit[dict[Pair, ExchangeRate]]:
+    """The exchange rate of `pair` the rules will look up, if there is one."""
+    if pair is None:
+        return {}
+    row = yield sql.RATE.row(base=pair[0], quote=pair[1])
+    return {} if row is None else {pair: rate_from_row(row)}
+
+
+def number_holder(account_id: int, client_order_number: str) -> Unit[str | None]:
+    """The transactionId of the account's order that holds the clientOrderNumber."""
+    if not client_order_number:
+        return None
+    holder: str | None = yield sql.CLIENT_ORDER_NUMBER_HOLDER.value(
+        account_id=account_id, client_order_number=client_order_number
+    )
+    return holder
 
 
 def apply_order_plan(
@@ -518,19 +527,15 @@ def cancel_order(
 ) -> Unit[Cancelled | Refused | Remembered | KeyInUse]:
     """A customer's cancellation: the order is locked, the rules decide, and a
     PROCESSING order is cancelled with its refund; with a key, as for an order."""
-    account_id = request.caller.account_id
-    if key is not None:
-        held = yield from claim_key(account_id, key)
-        if held is not None:
-            return held
-    row = yield sql.ORDER_TO_CANCEL.row(
-        transaction_id=request.transaction_id, account_id=account_id
-    )
-    order = None if row is None else order_from_row(row, cipher)  # its status is enough
-    decision = decide(order)
-    if isinstance(decision, Refused):
-        outcome: Cancelled | Refused = decision
-    else:
+
+    def cancel() -> Unit[Cancelled | Refused]:
+        row = yield sql.ORDER_TO_CANCEL.row(
+            transaction_id=request.transaction_id, account_id=account_id
+        )
+        order = None if row is None else order_from_row(row, cipher)  # its status is enough
+        decision = decide(order)
+        if isinstance(decision, Refused):
+            return decision
         assert order is not None  # the rules refuse a missing order
         if decision.refund:
             bulk = [order.id] if is_bulk(row) else []
@@ -538,10 +543,10 @@ def cancel_order(
         if decision.refund or is_bulk(row):  # the order as it is now, with its lines
             order = yield from get_order(account_id, request.transaction_id, cipher)
             assert order is not None
-        outcome = Cancelled(order, now=decision.refund)
-    if key is not None:
-        yield from remember(account_id, key, key.record_of(outcome), request.at)
-    return outcome
+        return Cancelled(order, now=decision.refund)
+
+    account_id = request.caller.account_id
+    return (yield from keyed(account_id, key, request.at, cancel))
 
 
 def cancel_and_refund(

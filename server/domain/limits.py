@@ -79,15 +79,22 @@ class TokenBuckets:
 
     async def spend(self, key: str) -> None:
         """`take`, as shared buckets do it: they ask their store."""
-        self.take(key)
+        wait = await self._wait(key, count=1)
+        if wait:
+            raise self.limited(wait)
 
     async def seconds_short(self, key: str) -> float:
         """`exhausted`, as shared buckets do it: looks without spending."""
-        return self.exhausted(key)
+        return await self._wait(key, count=0)
 
     async def spend_if_any(self, key: str) -> None:
         """`try_take`, as shared buckets do it: spends a token if there is one."""
-        self.try_take(key)
+        await self._wait(key, count=1)
+
+    async def _wait(self, key: str, count: int) -> float:
+        """Spends `count` tokens (0: only looks) if one is there and returns 0, or
+        returns the seconds until one is: the one method shared buckets override."""
+        return self.try_take(key) if count else self.exhausted(key)
 
     def try_take(self, key: str) -> float:
         """Spends a token and returns 0, or returns the seconds until one is available."""
@@ -200,40 +207,18 @@ class SharedTokenBuckets(TokenBuckets):
         self._shared_as = shared_as or name
         self._refused_until: OrderedDict[str, float] = OrderedDict()
 
-    async def spend(self, key: str) -> None:
-        if self.rate.unlimited:
-            return
-        refused_for = self._refused_until.get(key, 0.0) - self._clock()
-        if refused_for > 0:
-            raise self.limited(refused_for)
-        wait = await self._shared.take(self._shared_as, key, self.rate)
-        if wait is None:  # failing open: this process's own bucket
-            self.take(key)
-        elif wait:
-            self._refuse(key, wait)
-            raise self.limited(wait)
-
-    async def seconds_short(self, key: str) -> float:
+    async def _wait(self, key: str, count: int) -> float:
         if self.rate.unlimited:
             return 0.0
         refused_for = self._refused_until.get(key, 0.0) - self._clock()
         if refused_for > 0:
             return refused_for
-        wait = await self._shared.take(self._shared_as, key, self.rate, count=0)
-        if wait is None:
-            return self.exhausted(key)
+        wait = await self._shared.take(self._shared_as, key, self.rate, count)
+        if wait is None:  # failing open: this process's own bucket
+            return await super()._wait(key, count)
         if wait:
             self._refuse(key, wait)
         return wait
-
-    async def spend_if_any(self, key: str) -> None:
-        if self.rate.unlimited or self._refused_until.get(key, 0.0) > self._clock():
-            return
-        wait = await self._shared.take(self._shared_as, key, self.rate)
-        if wait is None:
-            self.try_take(key)
-        elif wait:
-            self._refuse(key, wait)
 
     def _refuse(self, key: str, wait: float) -> None:
         self._refused_until[key] = self._clock() + wait

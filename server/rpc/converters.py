@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +24,7 @@ from server.domain.models import (
     InstantOrderRequest,
     Order,
     OrderFilter,
+    OrderLine,
     OrderStatus,
     Page,
     Product,
@@ -84,7 +86,7 @@ def order(value: Order) -> orders_pb2.Order:
         grand_total=money(value.grand_total),
         created_at=timestamp(value.created_at),
         status=_STATUS[value.status],
-        products=_lines(value) if value.is_bulk else [_instant_line(value)],
+        products=_products(value),
         refunded_total=money(value.refunded) if value.refunded_minor else None,
     )
     if value.fx is not None:
@@ -94,18 +96,9 @@ def order(value: Order) -> orders_pb2.Order:
     return message
 
 
-def _instant_line(value: Order) -> orders_pb2.OrderProduct:
-    return orders_pb2.OrderProduct(
-        sku=value.sku,
-        quantity=value.quantity,
-        unit_price_original=money(value.unit_price_original) if value.fx else None,
-        unit_price=money(value.unit_price),
-        total_price=money(value.total_price),
-        status=_STATUS[value.status],
-    )
-
-
-def _lines(value: Order) -> list[orders_pb2.OrderProduct]:
+def _products(value: Order) -> list[orders_pb2.OrderProduct]:
+    """A bulk order's lines, or an instant order's one product (its order's fields)."""
+    lines: Sequence[Order | OrderLine] = value.lines or [value]
     return [
         orders_pb2.OrderProduct(
             sku=line.sku,
@@ -115,7 +108,7 @@ def _lines(value: Order) -> list[orders_pb2.OrderProduct]:
             total_price=money(line.total_price),
             status=_STATUS[line.status],
         )
-        for line in value.lines
+        for line in lines
     ]
 
 
